@@ -84,7 +84,18 @@ register_dataset(
     )
 )
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 register_dataset(
     DatasetSpec(
@@ -115,3 +126,6 @@ register_dataset(
         system_dirs=(Path("/usr/share/datasets/mnist"),),
     )
 )
+
+# The remaining datasets of the paper live in their own modules; importing them registers them.
+from tgdd.data import image_folders, torchvision_formats  # noqa: E402, F401

@@ -56,12 +56,7 @@ def register_family(pattern: str, example: str):
 
 
 def _load_builtin() -> None:
-    from tgdd.models import convnet, resnet  # noqa: F401
-
-    try:  # the wider cross-architecture zoo, when present
-        from tgdd.models import zoo  # noqa: F401
-    except ImportError:  # pragma: no cover - the zoo ships with the package
-        pass
+    from tgdd.models import convnet, resnet, zoo  # noqa: F401
 
 
 def model_names() -> list[str]:

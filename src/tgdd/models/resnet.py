@@ -1,6 +1,7 @@
-"""ResNet-10 with average-pool downsampling (``resnet10-ap``), the cross-architecture
-model of the TGDD paper, after the IDC/DANCE code bases: BasicBlocks [1, 1, 1, 1] with
-widths 64..512, strided convs replaced by 2x2 average pooling, instance norm by default.
+"""ResNet with average-pool downsampling (``resnet10-ap``, ``resnet18-ap``), the
+cross-architecture model of the TGDD paper, after the IDC/DANCE code bases: BasicBlocks with
+the stride replaced by 2x2 average pooling, instance norm by default (``-bn`` for batch norm),
+``-w<base>`` to scale the widths 64..512 down for CPU-sized runs.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from torch import nn
 
 from tgdd.models import register_family
 from tgdd.models.layers import NORM_SUFFIX, norm_layer
+from tgdd.models.zoo import FeatureClassifier, resnet_body
 
 
 class BasicBlockAP(nn.Module):
+    """Two 3x3 convs with a residual; downsampling by average pooling instead of a stride."""
+
     def __init__(self, in_planes: int, planes: int, stride: int, norm: str) -> None:
         super().__init__()
         self.stride = stride
@@ -39,38 +43,17 @@ class BasicBlockAP(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class ResNetAP(nn.Module):
-    def __init__(self, channels: int, image_size: int, num_classes: int, blocks: list[int], norm: str) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, 64, 3, padding=1, bias=False)
-        self.bn1 = norm_layer(norm, 64)
-        in_planes = 64
-        stages = []
-        size = image_size
-        for i, (planes, count) in enumerate(zip((64, 128, 256, 512), blocks, strict=True)):
-            stride = 1 if i == 0 or size < 2 else 2
-            size //= stride
-            layers = []
-            for b in range(count):
-                layers.append(BasicBlockAP(in_planes, planes, stride if b == 0 else 1, norm))
-                in_planes = planes
-            stages.append(nn.Sequential(*layers))
-        self.stages = nn.Sequential(*stages)
-        self.feature_dim = 512
-        self.classifier = nn.Linear(512, num_classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.stages(out)
-        return F.adaptive_avg_pool2d(out, 1).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+_BLOCKS = {"10": (1, 1, 1, 1), "18": (2, 2, 2, 2)}
 
 
-_BLOCKS = {"10": [1, 1, 1, 1], "18": [2, 2, 2, 2]}
-
-
-@register_family(r"resnet(?P<n>10|18)-ap(?P<norm>-in|-bn|-none)?", "resnet10-ap[-bn]")
+@register_family(r"resnet(?P<n>10|18)-ap(?P<norm>-in|-bn|-none)?(?:-w(?P<width>\d+))?", "resnet10-ap[-bn][-w16]")
 def _build_resnet_ap(match: re.Match[str], channels: int, image_size: int, num_classes: int) -> nn.Module:
-    return ResNetAP(channels, image_size, num_classes, _BLOCKS[match["n"]], NORM_SUFFIX[match["norm"] or ""])
+    body = resnet_body(
+        channels,
+        image_size,
+        _BLOCKS[match["n"]],
+        NORM_SUFFIX[match["norm"] or ""],
+        block=BasicBlockAP,
+        width=int(match["width"] or 64),
+    )
+    return FeatureClassifier(*body, num_classes)

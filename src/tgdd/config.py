@@ -1,0 +1,211 @@
+"""One typed, validated configuration for every step (the single source of truth).
+
+Files are YAML; ``key=value`` overrides address any key, dotted for nested ones, with values
+parsed as YAML (``distill.ipc=10``, ``evaluate.archs=[convnet-3,resnet10-ap]``). ``null`` in a
+method-dependent key means "the method's published default" (see ``tgdd.methods``); the
+resolved values are recorded with every artifact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tgdd.errors import TgddError
+from tgdd.registry import suggestion
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsConfig(_Strict):
+    data: Path = Field(Path("data"), description="prepared data sets are written under <data>/prepared")
+    results: Path = Field(Path("results"), description="experts, synthetic sets, evaluations and tables")
+
+
+class DataConfig(_Strict):
+    root: Path = Field(Path("data/raw"), description="where raw data files are looked for first")
+    allow_download: bool = Field(False, description="let torchvision download a data set that is missing")
+
+
+class ExpertsConfig(_Strict):
+    arch: str = Field("convnet-3", description="network of the trajectories (also TGDD's feature extractor)")
+    num_trajectories: int = Field(5, ge=1, description="N trajectories (SPEC §2)")
+    epochs: int = Field(60, ge=1, description="E epochs; E+1 snapshots are kept")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    augment: str = Field("color_crop", description="DSA strategy per sample ('none' to disable)")
+    cutmix_prob: float = Field(0.5, ge=0, le=1)
+    cutmix_beta: float = Field(1.0, gt=0)
+
+
+class DistillConfig(_Strict):
+    method: str = Field("tgdd", description="tgdd, dm, random, ... (see `tgdd methods`)")
+    ipc: int = Field(10, ge=1, description="stored synthetic images per class")
+    iterations: int | None = Field(None, ge=0, description="null: method default (TGDD 10000, DM 20000)")
+    factor: int | None = Field(None, ge=1, description="multi-formation factor f; null: method default")
+    init: Literal["real", "mix"] = Field("real", description="real: one real image each; mix: f*f tiled")
+    alpha: float | None = Field(None, ge=0, description="weight of L_SDC; null: 2.5 at IPC<=10, 0.5 above")
+    expert_region: int = Field(7, ge=1, description="L: the expert stage is drawn from j..j+L-1")
+    lr_img: float | None = Field(None, gt=0, description="image learning rate; null: method/dataset rule")
+    momentum: float = Field(0.5, ge=0, lt=1, description="image SGD momentum")
+    real_batch: int | None = Field(None, ge=1, description="real images per class per step; null: method default")
+    max_syn_per_class: int = Field(200, ge=1, description="decoded synthetic images per class per step")
+    dsa_strategy: str = Field("color_crop_cutout", description="siamese augmentation during matching")
+    log_every: int = Field(10, ge=1, description="iterations between loss records")
+
+
+class EvaluateConfig(_Strict):
+    archs: list[str] = Field(["convnet-3", "resnet10-ap"], min_length=1)
+    protocol: str = Field("tgdd", description="tgdd (SPEC §5) or dc (the older DC/DSA/DM protocol)")
+    runs: int = Field(3, ge=1, description="freshly initialised networks per architecture")
+    epochs: int | None = Field(None, ge=1, description="null: the protocol's epochs")
+
+
+class MatrixConfig(_Strict):
+    """The experiment matrix that `tgdd pipeline` and the workflow expand."""
+
+    datasets: list[str] = Field(["digits"], min_length=1)
+    methods: list[str] = Field(["tgdd", "dm", "random"], min_length=1)
+    ipcs: list[int] = Field([1, 10], min_length=1)
+    seeds: list[int] = Field([0], min_length=1)
+
+    @field_validator("ipcs")
+    @classmethod
+    def _positive(cls, ipcs: list[int]) -> list[int]:
+        if any(ipc < 1 for ipc in ipcs):
+            raise ValueError(f"every IPC must be >= 1, got {ipcs}")
+        return ipcs
+
+
+class Config(_Strict):
+    seed: int = Field(0, ge=0, description="all randomness derives from it")
+    dataset: str = "digits"
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (null: torch's default)")
+    paths: PathsConfig = PathsConfig()
+    data: DataConfig = DataConfig()
+    experts: ExpertsConfig = ExpertsConfig()
+    distill: DistillConfig = DistillConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    matrix: MatrixConfig = MatrixConfig()
+
+    @model_validator(mode="after")
+    def _known_names(self) -> Config:
+        from tgdd.augment import check_strategy
+        from tgdd.data.registry import get_dataset
+        from tgdd.evaluate import PROTOCOLS
+        from tgdd.methods import METHODS
+        from tgdd.models import check_model_name
+
+        for name in [self.dataset, *self.matrix.datasets]:
+            get_dataset(name)
+        for name in [self.distill.method, *self.matrix.methods]:
+            METHODS.get(name)
+        for name in [self.experts.arch, *self.evaluate.archs]:
+            check_model_name(name)
+        PROTOCOLS.get(self.evaluate.protocol)
+        check_strategy(self.distill.dsa_strategy)
+        check_strategy(self.experts.augment)
+        return self
+
+
+def _suggest_key(path: list[str], model: type[BaseModel]) -> str:
+    """Error text for an unknown key, with the closest valid key of its section."""
+    for depth, part in enumerate(path):
+        fields = model.model_fields
+        if part not in fields:
+            where = ".".join(path[:depth]) or "top level"
+            return f"unknown config key '{'.'.join(path)}' ({where}).{suggestion(part, list(fields))}"
+        annotation = fields[part].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            break
+    return f"bad config key '{'.'.join(path)}'"
+
+
+def _one_line(error: ValidationError) -> str:
+    """The first validation problem as one readable line."""
+    first = error.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    if first["type"] == "extra_forbidden":
+        return _suggest_key(loc, Config)
+    message = first["msg"].removeprefix("Value error, ")
+    return f"config key '{'.'.join(loc)}': {message}" if loc else message
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree['a']['b'] = value`` for ``dotted == 'a.b'``, creating sections as needed."""
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise TgddError(f"cannot set '{dotted}': '{part}' is not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """``["distill.ipc=10", ...]`` -> ``[("distill.ipc", 10), ...]`` with YAML-typed values."""
+    pairs = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise TgddError(f"override '{item}' is not of the form key=value")
+        try:
+            pairs.append((key.strip(), yaml.safe_load(raw) if raw else None))
+        except yaml.YAMLError:
+            raise TgddError(f"override '{item}': value is not valid YAML") from None
+    return pairs
+
+
+def build_config(tree: dict[str, Any] | None = None, overrides: list[str] | None = None) -> Config:
+    """Validate a config tree (plus overrides) into a :class:`Config`, or raise one clear TgddError."""
+    tree = dict(tree or {})
+    for key, value in parse_overrides(overrides or []):
+        set_dotted(tree, key, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as error:
+        raise TgddError(_one_line(error)) from None
+
+
+def load_config(path: Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config file (or the defaults when ``path`` is None) and apply overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise TgddError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise TgddError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise TgddError(f"config file {path} must hold a mapping at the top level")
+        tree = loaded or {}
+    return build_config(tree, overrides)
+
+
+def config_dict(config: Config) -> dict[str, Any]:
+    """JSON-ready form of a config (paths as strings), for artifacts and tracking."""
+    return config.model_dump(mode="json")
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: for parameter logging and key listings."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,144 @@
+"""The prepared format every step reads, and the class-balanced in-memory sampler.
+
+``tgdd prepare`` writes ``<data>/prepared/<dataset>/{train,test}.pt`` (uint8 images
+``[N,C,H,W]`` at the network resolution, labels, class names, mean/std) and a manifest with
+each file's SHA-256, checked on every load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tgdd.artifacts import provenance, read_json, sha256_file, torch_load, torch_save, write_json
+from tgdd.data.registry import SPLITS, DatasetSpec, LoadContext, RawSplit
+from tgdd.errors import TgddError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PreparedSplit:
+    images: torch.Tensor  # uint8 [N, C, H, W]
+    labels: torch.Tensor  # int64 [N]
+    class_names: list[str]
+    mean: torch.Tensor  # float [C]
+    std: torch.Tensor
+    sha256: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def as_float(self) -> torch.Tensor:
+        return self.images.float().div_(255.0)
+
+
+def _to_network_resolution(images: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 [N,H,W,C] -> uint8 [N,C,size,size] (bilinear, antialiased when shrinking)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    if tensor.shape[-2:] == (size, size):
+        return tensor.contiguous()
+    resized = F.interpolate(tensor.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8)
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    x = images.float().div(255.0)
+    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
+
+
+def prepare_dataset(spec: DatasetSpec, ctx: LoadContext, out_dir: Path) -> Path:
+    """Read both splits through the spec's loader and write the prepared files plus manifest."""
+    raw: dict[str, RawSplit] = {split: spec.loader(ctx, split) for split in SPLITS}
+    tensors = {split: _to_network_resolution(raw[split].images, spec.image_size) for split in SPLITS}
+    for split, tensor in tensors.items():
+        if tensor.shape[1] != spec.channels:
+            raise TgddError(f"{spec.name} {split}: expected {spec.channels} channels, read {tensor.shape[1]}")
+    if spec.mean is not None and spec.std is not None:
+        mean, std = list(spec.mean), list(spec.std)
+    else:
+        mean, std = _channel_stats(tensors["train"])
+    files = {}
+    for split in SPLITS:
+        path = out_dir / f"{split}.pt"
+        torch_save(
+            path,
+            {
+                "format": FORMAT_VERSION,
+                "dataset": spec.name,
+                "split": split,
+                "images": tensors[split],
+                "labels": torch.from_numpy(raw[split].labels.astype(np.int64)),
+                "class_names": list(raw[split].class_names),
+                "mean": mean,
+                "std": std,
+            },
+        )
+        files[path.name] = {"sha256": sha256_file(path), "count": len(raw[split].labels)}
+    write_json(
+        out_dir / MANIFEST,
+        {
+            "dataset": spec.name,
+            "format": FORMAT_VERSION,
+            "image_size": spec.image_size,
+            "channels": spec.channels,
+            "num_classes": spec.num_classes,
+            "mean": mean,
+            "std": std,
+            "files": files,
+            **provenance("cpu"),
+        },
+    )
+    return out_dir
+
+
+def load_prepared(out_dir: Path, split: str, dataset: str) -> PreparedSplit:
+    """Load one prepared split, verifying it against the manifest's SHA-256."""
+    manifest_path = out_dir / MANIFEST
+    if not manifest_path.is_file():
+        raise TgddError(f"no prepared data for '{dataset}' at {out_dir}: run `tgdd prepare` first")
+    manifest = read_json(manifest_path)
+    if manifest.get("dataset") != dataset:
+        raise TgddError(f"{manifest_path} is for dataset '{manifest.get('dataset')}', not '{dataset}'")
+    path = out_dir / f"{split}.pt"
+    entry = manifest.get("files", {}).get(path.name)
+    if entry is None or not path.is_file():
+        raise TgddError(f"prepared file {path} is missing: rerun `tgdd prepare`")
+    digest = sha256_file(path)
+    if digest != entry["sha256"]:
+        raise TgddError(
+            f"prepared file {path} fails its checksum (manifest {entry['sha256'][:12]}…, file {digest[:12]}…)"
+        )
+    blob = torch_load(path, "prepared file")
+    return PreparedSplit(
+        images=blob["images"],
+        labels=blob["labels"],
+        class_names=blob["class_names"],
+        mean=torch.tensor(blob["mean"], dtype=torch.float32),
+        std=torch.tensor(blob["std"], dtype=torch.float32),
+        sha256=digest,
+    )
+
+
+class ClassSampler:
+    """Random real images of one class, from memory (the real batches of distillation)."""
+
+    def __init__(self, split: PreparedSplit, device: torch.device) -> None:
+        self.images = split.images.to(device)
+        self.labels = split.labels
+        self.by_class = [torch.nonzero(split.labels == c).flatten().to(device) for c in range(split.num_classes)]
+
+    def class_size(self, c: int) -> int:
+        return len(self.by_class[c])
+
+    def sample(self, c: int, n: int, gen: torch.Generator) -> torch.Tensor:
+        """Up to ``n`` distinct images of class ``c`` as floats in [0,1]."""
+        pool = self.by_class[c]
+        pick = torch.randperm(len(pool), generator=gen, device=gen.device)[:n].to(pool.device)
+        return self.images[pool[pick]].float().div_(255.0)

@@ -1,0 +1,125 @@
+"""`tgdd evaluate`: train fresh networks on a decoded synthetic set and test them on the real
+test set, under a named protocol. Reports last-epoch accuracy (no selection on the test set)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tgdd import paths
+from tgdd.artifacts import provenance, sha256_file, write_json
+from tgdd.augment import without_flip
+from tgdd.config import Config
+from tgdd.data.prepared import load_prepared
+from tgdd.data.registry import get_dataset
+from tgdd.errors import TgddError
+from tgdd.models import build_model
+from tgdd.registry import Registry
+from tgdd.runtime import derive_seed, generator, numpy_rng, seeded_init
+from tgdd.synthetic import load_synthetic
+from tgdd.train import TrainSettings, accuracy, train_classifier
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    description: str
+    train: TrainSettings
+
+
+PROTOCOLS: Registry[Protocol] = Registry("evaluation protocol")
+PROTOCOLS.add(
+    "tgdd",
+    Protocol(
+        "tgdd",
+        "SPEC §5: SGD 0.01 m0.9 wd5e-4, batch 64, lr x0.2 at 2/3 and 5/6, DSA + CutMix p0.5",
+        TrainSettings(1500, 64, 0.01, 0.9, 5e-4, (2 / 3, 5 / 6), 0.2, "color_crop_flip_scale_rotate", 0.5),
+    ),
+)
+PROTOCOLS.add(
+    "dc",
+    Protocol(
+        "dc",
+        "DC/DSA/DM: SGD 0.01 m0.9 wd5e-4, batch 256, lr x0.1 at 1/2, DSA, no CutMix",
+        TrainSettings(1000, 256, 0.01, 0.9, 5e-4, (1 / 2,), 0.1, "color_crop_cutout_flip_scale_rotate", 0.0),
+    ),
+)
+
+
+def protocol_settings(cfg: Config) -> TrainSettings:
+    """The protocol's training settings, with epochs overridden if configured and flips removed
+    for data sets whose labels a mirror image would change."""
+    settings = PROTOCOLS.get(cfg.evaluate.protocol).train
+    if cfg.evaluate.epochs is not None:
+        settings = replace(settings, epochs=cfg.evaluate.epochs)
+    if not get_dataset(cfg.dataset).flip:
+        settings = replace(settings, augment=without_flip(settings.augment))
+    return settings
+
+
+def evaluate_synthetic(cfg: Config, device: torch.device, progress: bool = True) -> list[Path]:
+    """Evaluate the synthetic set of ``cfg`` with every architecture in ``evaluate.archs``."""
+    syn_path = paths.synthetic_file(cfg)
+    if not syn_path.is_file():
+        raise TgddError(f"no synthetic set at {syn_path}: run `tgdd distill` first")
+    syn = load_synthetic(syn_path)
+    test = load_prepared(paths.prepared_dir(cfg), "test", cfg.dataset)
+    meta = syn.meta
+    for key, want in (("dataset", cfg.dataset), ("method", cfg.distill.method), ("ipc", cfg.distill.ipc)):
+        if meta.get(key) != want:
+            raise TgddError(f"synthetic set {syn_path} has {key}={meta.get(key)!r}, config asks for {want!r}")
+    if meta.get("num_classes") != test.num_classes:
+        raise TgddError(f"synthetic set {syn_path} has {meta.get('num_classes')} classes, test set {test.num_classes}")
+    syn_sha = sha256_file(syn_path)
+    images, labels = syn.decoded()
+    images, labels = images.to(device), labels.to(device)
+    settings = protocol_settings(cfg)
+    written = []
+    for arch in cfg.evaluate.archs:
+        seeds = [derive_seed(cfg.seed, "evaluate", arch, run) for run in range(cfg.evaluate.runs)]
+        accuracies = []
+        for run, seed in enumerate(tqdm(seeds, desc=f"evaluate {arch}", disable=not progress, leave=False)):
+            with seeded_init(seed):
+                model = build_model(arch, images.shape[1], images.shape[2], test.num_classes).to(device)
+            train_classifier(
+                model,
+                images,
+                labels,
+                settings,
+                test.mean,
+                test.std,
+                gen=generator(seed, "batches", device=device),
+                rng=numpy_rng(seed, "cutmix"),
+                progress=f"{arch} run {run + 1}/{len(seeds)}" if progress else None,
+            )
+            accuracies.append(100.0 * accuracy(model, test.images, test.labels, test.mean, test.std))
+        result = {
+            "dataset": cfg.dataset,
+            "method": cfg.distill.method,
+            "ipc": cfg.distill.ipc,
+            "factor": syn.factor,
+            "arch": arch,
+            "protocol": cfg.evaluate.protocol,
+            "protocol_settings": {**asdict(settings), "milestone_epochs": settings.milestone_epochs()},
+            "train_images": len(images),
+            "runs": len(accuracies),
+            "seeds": seeds,
+            "accuracies": accuracies,
+            "mean": float(np.mean(accuracies)),
+            "std": float(np.std(accuracies)),
+            "std_kind": "population (ddof=0) over runs",
+            "selection": "last epoch; the test set is never used for selection",
+            "synthetic_sha256": syn_sha,
+            "synthetic_file": str(syn_path),
+            "test_sha256": test.sha256,
+            "distill_seed": cfg.seed,
+            **provenance(str(device)),
+        }
+        path = paths.evaluation_file(cfg, arch)
+        write_json(path, result)
+        written.append(path)
+    return written

@@ -1,0 +1,166 @@
+"""Distribution-matching methods: TGDD and its baseline DM share one loop (SPEC §3) and
+differ only in which networks they use each iteration and the weight of the cross-entropy."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from tgdd.augment import DiffAugment, normalize
+from tgdd.data.registry import DatasetSpec
+from tgdd.errors import TgddError
+from tgdd.methods import METHODS, DistillContext, DistillOutput
+from tgdd.models import build_model
+from tgdd.runtime import seeded_init
+from tgdd.synthetic import decode, initial_images
+
+
+@dataclass(frozen=True)
+class Stages:
+    """Which trajectory and which snapshots one TGDD iteration uses."""
+
+    trajectory: int
+    extractor: int  # j, uniform in 0..E
+    expert: int  # j', uniform in j..min(j+L-1, E)
+
+
+def sample_stages(gen: torch.Generator, num_trajectories: int, epochs: int, region: int) -> Stages:
+    """SPEC §3 steps 1-2: trajectory i and stage j uniform; expert stage uniform in the
+    expert region ``j..min(j+L-1, E)``, which includes j itself."""
+
+    def uniform(low: int, high: int) -> int:  # inclusive bounds
+        return int(torch.randint(low, high + 1, (1,), generator=gen, device=gen.device))
+
+    i = uniform(0, num_trajectories - 1)
+    j = uniform(0, epochs)
+    return Stages(i, j, uniform(j, min(j + region - 1, epochs)))
+
+
+def mmd_loss(real_features: torch.Tensor, syn_features: torch.Tensor) -> torch.Tensor:
+    """L_MMD = || mean(real) - mean(syn) ||^2, summed over the flattened feature."""
+    return (real_features.mean(0) - syn_features.mean(0)).pow(2).sum()
+
+
+def class_loss(
+    extractor: nn.Module,
+    expert: nn.Module | None,
+    real: torch.Tensor,
+    syn: torch.Tensor,
+    label: int,
+    alpha: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Loss of one class on already augmented, normalised batches: (loss, L_MMD, L_SDC)."""
+    with torch.no_grad():
+        real_features = extractor.features(real)
+    mmd = mmd_loss(real_features, extractor.features(syn))
+    if expert is None or alpha == 0:
+        sdc = torch.zeros((), device=syn.device)
+    else:
+        target = torch.full((len(syn),), label, device=syn.device, dtype=torch.long)
+        sdc = F.cross_entropy(expert(syn), target)
+    return mmd + alpha * sdc, mmd.detach(), sdc.detach()
+
+
+def _frozen(model: nn.Module) -> nn.Module:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+class MatchingMethod:
+    """The per-class distribution-matching loop; subclasses choose the networks."""
+
+    needs_trajectories = True
+
+    def networks(self, ctx: DistillContext, nets: tuple[nn.Module, nn.Module]) -> tuple[nn.Module, nn.Module | None]:
+        raise NotImplementedError
+
+    def run(self, ctx: DistillContext) -> DistillOutput:
+        s, train, device = ctx.settings, ctx.train, ctx.device
+        num_classes = train.num_classes
+        channels, size = train.images.shape[1], train.images.shape[2]
+        init = initial_images(ctx.sampler, num_classes, s.ipc, s.factor, s.init, ctx.gen).to(device)
+        per_class = [init[c * s.ipc : (c + 1) * s.ipc].clone().requires_grad_(True) for c in range(num_classes)]
+        optimizer = torch.optim.SGD(per_class, lr=s.lr_img, momentum=s.momentum)
+        augment = DiffAugment(s.dsa_strategy)
+        mean, std = train.mean.to(device), train.std.to(device)
+        nets = tuple(
+            _frozen(build_model(ctx.cfg.experts.arch, channels, size, num_classes).to(device)) for _ in range(2)
+        )
+        records: list[dict[str, float]] = []
+        for it in tqdm(range(s.iterations), desc=f"distill {s.method}", disable=not ctx.progress, leave=False):
+            extractor, expert = self.networks(ctx, nets)
+            with torch.no_grad():
+                for images in per_class:
+                    images.clamp_(0, 1)
+            totals = torch.zeros(3, device=device)
+            for c, images in enumerate(per_class):
+                real = normalize(ctx.sampler.sample(c, s.real_batch, ctx.gen), mean, std)
+                syn = decode(images, s.factor)
+                if len(syn) > s.max_syn_per_class:
+                    keep = torch.randperm(len(syn), generator=ctx.gen, device=ctx.gen.device)[: s.max_syn_per_class]
+                    syn = syn[keep.to(device)]
+                real, syn = augment.siamese(real, normalize(syn, mean, std), gen=ctx.gen)
+                loss, mmd, sdc = class_loss(extractor, expert, real, syn, c, s.alpha)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # only class c's images get a gradient, so only they move
+                optimizer.step()
+                totals += torch.stack([loss.detach(), mmd, sdc])
+            if it % s.log_every == 0 or it == s.iterations - 1:
+                loss_v, mmd_v, sdc_v = (totals / num_classes).tolist()
+                if not math.isfinite(loss_v):
+                    raise TgddError(f"{s.method}: loss became {loss_v} at iteration {it}; lower distill.lr_img")
+                records.append({"iteration": it, "loss": loss_v, "mmd": mmd_v, "sdc": sdc_v})
+        with torch.no_grad():
+            images = torch.cat(per_class).clamp_(0, 1)
+        return DistillOutput(images.detach(), records)
+
+
+class TGDD(MatchingMethod):
+    """Trajectory-guided matching (SPEC §3): features from a trajectory stage, class
+    constraint from a slightly later snapshot of the same trajectory."""
+
+    def defaults(self, ipc: int, spec: DatasetSpec) -> dict[str, Any]:
+        return {
+            "iterations": 10_000,
+            "factor": 2,
+            "alpha": 2.5 if ipc <= 10 else 0.5,
+            "lr_img": (0.01 if spec.image_size <= 64 else 0.1) * ipc,
+            "real_batch": 128,
+        }
+
+    def networks(self, ctx: DistillContext, nets: tuple[nn.Module, nn.Module]) -> tuple[nn.Module, nn.Module | None]:
+        traj = ctx.trajectories
+        stages = sample_stages(ctx.gen, len(traj.snapshots), traj.epochs, ctx.settings.expert_region)
+        extractor, expert = nets
+        extractor.load_state_dict(traj.snapshots[stages.trajectory][stages.extractor])
+        expert.load_state_dict(traj.snapshots[stages.trajectory][stages.expert])
+        return extractor, expert
+
+
+class DM(MatchingMethod):
+    """Distribution matching (Zhao & Bilen 2023): a freshly initialised network every iteration."""
+
+    needs_trajectories = False
+
+    def defaults(self, ipc: int, spec: DatasetSpec) -> dict[str, Any]:
+        return {"iterations": 20_000, "factor": 1, "alpha": 0.0, "lr_img": 1.0, "real_batch": 256}
+
+    def networks(self, ctx: DistillContext, nets: tuple[nn.Module, nn.Module]) -> tuple[nn.Module, nn.Module | None]:
+        seed = int(torch.randint(2**62, (1,), generator=ctx.gen, device=ctx.gen.device))
+        train = ctx.train
+        with seeded_init(seed):
+            fresh = build_model(ctx.cfg.experts.arch, train.images.shape[1], train.images.shape[2], train.num_classes)
+        extractor = nets[0]
+        extractor.load_state_dict(fresh.state_dict())
+        return extractor, None
+
+
+METHODS.add("tgdd", TGDD())
+METHODS.add("dm", DM())

@@ -1,0 +1,35 @@
+"""Where every artifact lives: one function per artifact, used by the CLI, the pipeline
+and the workflow layers alike."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tgdd.config import Config
+
+
+def prepared_dir(cfg: Config, dataset: str | None = None) -> Path:
+    return cfg.paths.data / "prepared" / (dataset or cfg.dataset)
+
+
+def experts_dir(cfg: Config) -> Path:
+    return cfg.paths.results / "experts" / cfg.dataset / cfg.experts.arch / f"seed{cfg.seed}"
+
+
+def synthetic_dir(cfg: Config) -> Path:
+    d = cfg.distill
+    return cfg.paths.results / "synthetic" / cfg.dataset / d.method / f"ipc{d.ipc}" / f"seed{cfg.seed}"
+
+
+def synthetic_file(cfg: Config) -> Path:
+    return synthetic_dir(cfg) / "synthetic.pt"
+
+
+def evaluation_file(cfg: Config, arch: str) -> Path:
+    d = cfg.distill
+    name = f"{arch}__{cfg.evaluate.protocol}.json"
+    return cfg.paths.results / "eval" / cfg.dataset / d.method / f"ipc{d.ipc}" / f"seed{cfg.seed}" / name
+
+
+def tables_dir(cfg: Config) -> Path:
+    return cfg.paths.results / "tables"

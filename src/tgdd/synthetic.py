@@ -1,0 +1,101 @@
+"""Synthetic sets: multi-formation decoding, initialisation, storage and image grids.
+
+Multi-formation (IDC): each stored image is cut into f x f tiles and each tile is upsampled
+to full size, so one stored image yields f*f training images.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tgdd.artifacts import atomic_write, sha256_file, torch_load, torch_save
+from tgdd.data.prepared import ClassSampler
+from tgdd.errors import TgddError
+
+
+def decode(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """``[M, C, H, W]`` -> ``[M*f*f, C, H, W]``: image m's tiles at rows ``m*f*f .. m*f*f+f*f-1``,
+    in row-major tile order (a tile is ceil(H/f) px; the edge is zero-padded if H % f != 0)."""
+    if factor == 1:
+        return images
+    m, c, h, w = images.shape
+    s = math.ceil(h / factor)
+    padded = F.pad(images, (0, s * factor - w, 0, s * factor - h))
+    tiles = padded.view(m, c, factor, s, factor, s).permute(0, 2, 4, 1, 3, 5).reshape(m * factor * factor, c, s, s)
+    return F.interpolate(tiles, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def decode_labels(labels: torch.Tensor, factor: int) -> torch.Tensor:
+    return labels.repeat_interleave(factor * factor)
+
+
+def tile(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """The inverse layout of :func:`decode`: ``f*f`` images per output, each downsized into a tile."""
+    n, c, h, w = images.shape
+    if n % (factor * factor):
+        raise ValueError(f"{n} images cannot be tiled {factor}x{factor}")
+    s = math.ceil(h / factor)
+    small = F.interpolate(images, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+    grid = small.view(n // factor**2, factor, factor, c, s, s).permute(0, 3, 1, 4, 2, 5)
+    return grid.reshape(n // factor**2, c, factor * s, factor * s)[:, :, :h, :w].contiguous()
+
+
+def initial_images(
+    sampler: ClassSampler, num_classes: int, ipc: int, factor: int, init: str, gen: torch.Generator
+) -> torch.Tensor:
+    """Random real images per class (``real``), or f*f real images tiled into each (``mix``)."""
+    per_class = []
+    for c in range(num_classes):
+        if init == "mix" and factor > 1:
+            per_class.append(tile(sampler.sample(c, ipc * factor * factor, gen), factor))
+        else:
+            per_class.append(sampler.sample(c, ipc, gen))
+    return torch.cat(per_class)
+
+
+@dataclass
+class SyntheticSet:
+    """Stored images (floats in [0,1]), their labels, the factor, and everything needed to trust them."""
+
+    images: torch.Tensor  # [num_classes * ipc, C, H, W]
+    labels: torch.Tensor
+    factor: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def decoded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return decode(self.images, self.factor), decode_labels(self.labels, self.factor)
+
+
+def save_synthetic(path: Path, syn: SyntheticSet) -> str:
+    torch_save(
+        path, {"images": syn.images.detach().cpu(), "labels": syn.labels.cpu(), "factor": syn.factor, "meta": syn.meta}
+    )
+    return sha256_file(path)
+
+
+def load_synthetic(path: Path) -> SyntheticSet:
+    blob = torch_load(path, "synthetic set")
+    try:
+        return SyntheticSet(blob["images"], blob["labels"], int(blob["factor"]), blob["meta"])
+    except (KeyError, TypeError) as exc:
+        raise TgddError(f"synthetic set {path} lacks field {exc}") from None
+
+
+def save_grid(path: Path, images: torch.Tensor, ipc: int, max_per_class: int = 10) -> Path:
+    """A PNG with one row per class (up to ``max_per_class`` stored images each)."""
+    from torchvision.utils import save_image
+
+    per_class = images.view(-1, ipc, *images.shape[1:])[:, :max_per_class]
+    rows = per_class.reshape(-1, *images.shape[1:]).clamp(0, 1)
+    scale = max(1, 64 // images.shape[-1])
+    if scale > 1:
+        rows = F.interpolate(rows, scale_factor=scale, mode="nearest")
+    return atomic_write(
+        path, lambda tmp: save_image(rows, str(tmp), nrow=min(ipc, max_per_class), padding=2, format="png")
+    )

@@ -1,0 +1,102 @@
+"""Training a classifier on a tensor data set: the one loop behind expert trajectories and
+evaluation (SGD with momentum, step schedule, DSA per image, CutMix)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from tgdd.augment import DiffAugment, cutmix, normalize
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    milestones: tuple[float, ...]  # fractions of training at which lr is multiplied by gamma
+    gamma: float
+    augment: str  # DSA strategy, per image ('none' to disable)
+    cutmix_prob: float
+    cutmix_beta: float = 1.0
+
+    def milestone_epochs(self) -> list[int]:
+        return sorted({round(self.epochs * f) for f in self.milestones})
+
+
+def train_classifier(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    settings: TrainSettings,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    gen: torch.Generator,
+    rng: np.random.Generator,
+    on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+    progress: str | None = None,
+) -> nn.Module:
+    """Train ``model`` in place on ``images`` (floats in [0,1]) and return it.
+
+    ``on_epoch_end(epoch, model)`` is called after every epoch (epochs count from 1), which
+    is how expert trajectories take their snapshots.
+    """
+    device = images.device
+    mean, std = mean.to(device), std.to(device)
+    augment = DiffAugment(settings.augment)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, settings.milestone_epochs(), settings.gamma)
+    n = len(images)
+    model.train()
+    for epoch in tqdm(range(1, settings.epochs + 1), desc=progress, disable=progress is None, leave=False):
+        order = torch.randperm(n, generator=gen, device=gen.device).to(device)
+        for start in range(0, n, settings.batch_size):
+            idx = order[start : start + settings.batch_size]
+            x = augment(normalize(images[idx], mean, std), gen)
+            y = labels[idx]
+            if settings.cutmix_prob > 0 and rng.random() < settings.cutmix_prob:
+                x, y_a, y_b, lam = cutmix(x, y, rng, settings.cutmix_beta, gen)
+                logits = model(x)
+                loss = lam * F.cross_entropy(logits, y_a) + (1 - lam) * F.cross_entropy(logits, y_b)
+            else:
+                loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, model)
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def accuracy(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    batch: int = 1000,
+) -> float:
+    """Top-1 accuracy (in [0,1]) of ``model`` on uint8 or [0,1] float images."""
+    model.eval()
+    device = next(model.parameters()).device
+    mean, std = mean.to(device), std.to(device)
+    correct = 0
+    for start in range(0, len(images), batch):
+        x = images[start : start + batch].to(device)
+        x = x.float().div(255.0) if x.dtype == torch.uint8 else x
+        pred = model(normalize(x, mean, std)).argmax(1)
+        correct += int((pred == labels[start : start + batch].to(device)).sum())
+    return correct / max(len(images), 1)

@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny configuration on the embedded digits and its prepared data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tgdd.config import Config, build_config
+
+TINY = {
+    "seed": 0,
+    "dataset": "digits",
+    "threads": 1,
+    "experts": {"arch": "convnet-1-w16", "num_trajectories": 2, "epochs": 2},
+    "distill": {"iterations": 4, "log_every": 1},
+    "evaluate": {"archs": ["convnet-1-w16"], "runs": 2, "epochs": 2},
+    "matrix": {"methods": ["tgdd", "dm", "random"], "ipcs": [1, 2]},
+}
+
+
+def tiny_config(tmp_path: Path, *overrides: str) -> Config:
+    tree = {**TINY, "paths": {"data": str(tmp_path / "data"), "results": str(tmp_path / "results")}}
+    return build_config(tree, list(overrides))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def prepared_root(tmp_path_factory) -> Path:
+    """Digits prepared once per session (read-only for tests; copy before changing)."""
+    from tgdd import steps
+
+    root = tmp_path_factory.mktemp("prepared")
+    steps.prepare(tiny_config(root))
+    return root

@@ -1,0 +1,55 @@
+from pathlib import Path
+
+import pytest
+
+from tgdd.config import build_config, flatten, load_config, parse_overrides
+from tgdd.errors import TgddError
+
+
+def test_defaults_validate_and_overrides_are_typed():
+    cfg = build_config({}, ["distill.ipc=50", "evaluate.archs=[convnet-3,resnet10-ap]", "distill.alpha=null"])
+    assert cfg.distill.ipc == 50
+    assert cfg.evaluate.archs == ["convnet-3", "resnet10-ap"]
+    assert cfg.distill.alpha is None
+
+
+def test_parse_overrides_yaml_values():
+    assert parse_overrides(["a.b=1", "c=true", "d=x"]) == [("a.b", 1), ("c", True), ("d", "x")]
+    with pytest.raises(TgddError, match="key=value"):
+        parse_overrides(["nonsense"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("distill.ipcc=3", r"unknown config key 'distill.ipcc'.*Did you mean 'ipc'"),
+        ("distil.ipc=3", r"unknown config key 'distil'.*Did you mean 'distill'"),
+        ("distill.ipc=0", r"distill.ipc.*greater than or equal to 1"),
+        ("distill.ipc=-2", r"distill.ipc"),
+        ("dataset=cifar", r"unknown dataset 'cifar'.*Did you mean 'cifar10'"),
+        ("distill.method=tggd", r"unknown method 'tggd'.*Did you mean 'tgdd'"),
+        ("experts.arch=convnet-x", r"unknown model 'convnet-x'"),
+        ("evaluate.protocol=paper", r"unknown evaluation protocol 'paper'"),
+        ("distill.dsa_strategy=color_blur", r"unknown augmentation group"),
+        ("matrix.ipcs=[1,0]", r"IPC must be >= 1"),
+    ],
+)
+def test_bad_values_fail_with_one_clear_line(override, message):
+    with pytest.raises(TgddError, match=message) as info:
+        build_config({}, [override])
+    assert "\n" not in str(info.value)
+
+
+def test_load_config_errors(tmp_path: Path):
+    with pytest.raises(TgddError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(TgddError, match="mapping"):
+        load_config(bad)
+
+
+def test_quick_preset_validates():
+    cfg = load_config(Path(__file__).parents[1] / "config" / "quick.yaml")
+    assert cfg.dataset == "digits"
+    assert "distill.ipc" in flatten(cfg.model_dump())

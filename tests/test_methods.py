@@ -1,0 +1,76 @@
+"""The SPEC §3 formulas and sampling rules against direct computations on tiny tensors."""
+
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tgdd.config import build_config
+from tgdd.data.registry import get_dataset
+from tgdd.methods import resolve_settings
+from tgdd.methods.matching import class_loss, mmd_loss, sample_stages
+from tgdd.models import build_model
+
+
+def test_stage_and_expert_ranges_cover_spec_exactly():
+    gen = torch.Generator().manual_seed(0)
+    epochs, region = 6, 3
+    seen = Counter()
+    for _ in range(6000):
+        s = sample_stages(gen, num_trajectories=3, epochs=epochs, region=region)
+        assert 0 <= s.trajectory < 3
+        assert 0 <= s.extractor <= epochs
+        assert s.extractor <= s.expert <= min(s.extractor + region - 1, epochs)
+        seen[(s.extractor, s.expert)] += 1
+    expected = {(j, k) for j in range(epochs + 1) for k in range(j, min(j + region - 1, epochs) + 1)}
+    assert set(seen) == expected  # every allowed pair occurs, the expert region includes j itself
+    by_stage = Counter(j for (j, _), n in seen.items() for _ in range(n))
+    assert min(by_stage.values()) > 0.7 * 6000 / (epochs + 1)  # stage uniform over 0..E
+
+
+def test_mmd_is_squared_distance_of_mean_features():
+    real, syn = torch.randn(7, 5), torch.randn(3, 5)
+    direct = sum((real[:, d].mean() - syn[:, d].mean()) ** 2 for d in range(5))
+    assert mmd_loss(real, syn).item() == pytest.approx(direct.item(), rel=1e-5)
+
+
+def test_class_loss_is_mmd_plus_alpha_cross_entropy():
+    torch.manual_seed(0)
+    ext = build_model("convnet-1-w8", 1, 8, 4).eval()
+    exp = build_model("convnet-1-w8", 1, 8, 4).eval()
+    real, syn = torch.randn(6, 1, 8, 8), torch.randn(3, 1, 8, 8, requires_grad=True)
+    loss, mmd, sdc = class_loss(ext, exp, real, syn, label=2, alpha=2.5)
+    direct_mmd = (ext.features(real).mean(0) - ext.features(syn).mean(0)).pow(2).sum()
+    direct_ce = F.cross_entropy(exp(syn), torch.full((3,), 2))
+    assert mmd.item() == pytest.approx(direct_mmd.item(), rel=1e-5)
+    assert sdc.item() == pytest.approx(direct_ce.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(direct_mmd.item() + 2.5 * direct_ce.item(), rel=1e-5)
+    loss.backward()
+    assert syn.grad.abs().sum() > 0
+    # no expert (DM): the cross-entropy term vanishes
+    loss_dm, _, sdc_dm = class_loss(ext, None, real, syn.detach(), label=2, alpha=0.0)
+    assert sdc_dm.item() == 0 and loss_dm.item() == pytest.approx(direct_mmd.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("method", "ipc", "dataset", "expected"),
+    [
+        ("tgdd", 1, "digits", {"alpha": 2.5, "lr_img": 0.01, "factor": 2, "real_batch": 128, "iterations": 10_000}),
+        ("tgdd", 10, "cifar10", {"alpha": 2.5, "lr_img": 0.1}),
+        ("tgdd", 50, "cifar10", {"alpha": 0.5, "lr_img": 0.5}),
+        ("tgdd", 10, "imagenette", {"lr_img": 1.0}),
+        ("dm", 10, "cifar10", {"alpha": 0.0, "lr_img": 1.0, "factor": 1, "real_batch": 256, "iterations": 20_000}),
+    ],
+)
+def test_method_defaults_follow_spec(method, ipc, dataset, expected):
+    cfg = build_config({}, [f"distill.method={method}", f"distill.ipc={ipc}", f"dataset={dataset}"])
+    settings = resolve_settings(cfg, get_dataset(dataset))
+    for key, value in expected.items():
+        assert getattr(settings, key) == pytest.approx(value)
+
+
+def test_explicit_values_win_over_defaults():
+    cfg = build_config({}, ["distill.alpha=0.7", "distill.factor=1", "distill.iterations=5"])
+    settings = resolve_settings(cfg, get_dataset("digits"))
+    assert (settings.alpha, settings.factor, settings.iterations) == (0.7, 1, 5)

@@ -1,0 +1,33 @@
+import torch
+
+from tgdd.synthetic import decode, decode_labels, tile
+
+
+def test_decode_cuts_tiles_and_upsamples_each():
+    img = torch.zeros(1, 1, 4, 4)
+    img[0, 0, :2, :2], img[0, 0, :2, 2:], img[0, 0, 2:, :2], img[0, 0, 2:, 2:] = 1, 2, 3, 4
+    out = decode(img, 2)
+    assert out.shape == (4, 1, 4, 4)
+    for k, value in enumerate([1, 2, 3, 4]):
+        assert torch.allclose(out[k], torch.full((1, 4, 4), float(value)))
+
+
+def test_decode_factor_one_is_identity_and_shapes_scale():
+    x = torch.rand(6, 3, 32, 32)
+    assert decode(x, 1) is x
+    assert decode(x, 3).shape == (54, 3, 32, 32)  # 32 % 3 != 0: padded tiles
+    assert decode_labels(torch.tensor([0, 1]), 2).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_decode_equals_a_direct_crop_and_resize():
+    x = torch.rand(2, 3, 8, 8)
+    out = decode(x, 2)
+    expected = torch.nn.functional.interpolate(x[1:2, :, 4:8, 0:4], size=(8, 8), mode="bilinear", align_corners=False)
+    assert torch.allclose(out[4 + 2], expected[0])  # image 1, tile (row 1, col 0)
+
+
+def test_tile_then_decode_recovers_constant_images():
+    x = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 1, 8, 8).contiguous()
+    tiled = tile(x, 2)
+    assert tiled.shape == (2, 1, 8, 8)
+    assert torch.allclose(decode(tiled, 2), x)

@@ -53,3 +53,10 @@ def test_quick_preset_validates():
     cfg = load_config(Path(__file__).parents[1] / "config" / "quick.yaml")
     assert cfg.dataset == "digits"
     assert "distill.ipc" in flatten(cfg.model_dump())
+
+
+def test_overrides_do_not_leak_into_the_callers_tree():
+    tree = {"distill": {"ipc": 3}}
+    assert build_config(tree, ["distill.method=dm"]).distill.method == "dm"
+    assert tree == {"distill": {"ipc": 3}}
+    assert build_config(tree).distill.method == "tgdd"

@@ -8,6 +8,7 @@ resolved values are recorded with every artifact.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,17 +37,17 @@ class ExpertsConfig(_Strict):
     arch: str = Field("convnet-3", description="network of the trajectories (also TGDD's feature extractor)")
     num_trajectories: int = Field(5, ge=1, description="N trajectories (SPEC §2)")
     epochs: int = Field(60, ge=1, description="E epochs; E+1 snapshots are kept")
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
+    batch_size: int = Field(64, ge=1, description="expert training batch (SPEC §2: 64, 128 for ImageNet subsets)")
+    lr: float = Field(0.01, gt=0, description="expert SGD learning rate, x0.2 at 2E/3 and 5E/6")
+    momentum: float = Field(0.9, ge=0, lt=1, description="expert SGD momentum")
+    weight_decay: float = Field(5e-4, ge=0, description="expert SGD weight decay")
     augment: str = Field("color_crop", description="DSA strategy per sample ('none' to disable)")
-    cutmix_prob: float = Field(0.5, ge=0, le=1)
-    cutmix_beta: float = Field(1.0, gt=0)
+    cutmix_prob: float = Field(0.5, ge=0, le=1, description="probability of CutMix per expert batch")
+    cutmix_beta: float = Field(1.0, gt=0, description="CutMix Beta(beta, beta) parameter")
 
 
 class DistillConfig(_Strict):
-    method: str = Field("tgdd", description="tgdd, dm, random, ... (see `tgdd methods`)")
+    method: str = Field("tgdd", description="distillation method of the single-step commands (see `tgdd list`)")
     ipc: int = Field(10, ge=1, description="stored synthetic images per class")
     iterations: int | None = Field(None, ge=0, description="null: method default (TGDD 10000, DM 20000)")
     factor: int | None = Field(None, ge=1, description="multi-formation factor f; null: method default")
@@ -59,10 +60,13 @@ class DistillConfig(_Strict):
     max_syn_per_class: int = Field(200, ge=1, description="decoded synthetic images per class per step")
     dsa_strategy: str = Field("color_crop_cutout", description="siamese augmentation during matching")
     log_every: int = Field(10, ge=1, description="iterations between loss records")
+    checkpoint_every: int = Field(100, ge=0, description="iterations between resumable checkpoints (0: never)")
 
 
 class EvaluateConfig(_Strict):
-    archs: list[str] = Field(["convnet-3", "resnet10-ap"], min_length=1)
+    archs: list[str] = Field(
+        ["convnet-3", "resnet10-ap"], min_length=1, description="networks trained on the synthetic set"
+    )
     protocol: str = Field("tgdd", description="tgdd (SPEC §5) or dc (the older DC/DSA/DM protocol)")
     runs: int = Field(3, ge=1, description="freshly initialised networks per architecture")
     epochs: int | None = Field(None, ge=1, description="null: the protocol's epochs")
@@ -71,10 +75,12 @@ class EvaluateConfig(_Strict):
 class MatrixConfig(_Strict):
     """The experiment matrix that `tgdd pipeline` and the workflow expand."""
 
-    datasets: list[str] = Field(["digits"], min_length=1)
-    methods: list[str] = Field(["tgdd", "dm", "random"], min_length=1)
-    ipcs: list[int] = Field([1, 10], min_length=1)
-    seeds: list[int] = Field([0], min_length=1)
+    datasets: list[str] = Field(["digits"], min_length=1, description="data sets of the matrix")
+    methods: list[str] = Field(["tgdd", "dm", "random"], min_length=1, description="methods of the matrix")
+    ipcs: list[int] = Field([1, 10], min_length=1, description="images per class of the matrix")
+    seeds: list[int] = Field(
+        [0], min_length=1, description="seeds of the matrix (each: experts, distillation, evaluation)"
+    )
 
     @field_validator("ipcs")
     @classmethod
@@ -86,7 +92,7 @@ class MatrixConfig(_Strict):
 
 class Config(_Strict):
     seed: int = Field(0, ge=0, description="all randomness derives from it")
-    dataset: str = "digits"
+    dataset: str = Field("digits", description="data set of the single-step commands (see `tgdd list`)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (null: torch's default)")
     paths: PathsConfig = PathsConfig()
@@ -169,7 +175,7 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
 
 def build_config(tree: dict[str, Any] | None = None, overrides: list[str] | None = None) -> Config:
     """Validate a config tree (plus overrides) into a :class:`Config`, or raise one clear TgddError."""
-    tree = dict(tree or {})
+    tree = copy.deepcopy(tree or {})  # overrides must not leak into the caller's tree
     for key, value in parse_overrides(overrides or []):
         set_dotted(tree, key, value)
     try:
@@ -209,3 +215,23 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def describe_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """``(dotted key, default, description)`` for every key: the README's config table is made from it."""
+    rows: list[tuple[str, str, str]] = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows += describe_keys(annotation, f"{prefix}{name}.")
+            continue
+        default = info.default
+        shown = "null" if default is None else str(default.as_posix() if isinstance(default, Path) else default)
+        rows.append((f"{prefix}{name}", shown, info.description or ""))
+    return rows
+
+
+def keys_markdown() -> str:
+    lines = ["| key | default | what it does |", "|---|---|---|"]
+    lines += [f"| `{key}` | `{default}` | {text} |" for key, default, text in describe_keys()]
+    return "\n".join(lines) + "\n"

@@ -12,6 +12,7 @@ import torch
 
 from tgdd import paths
 from tgdd.artifacts import provenance, write_text
+from tgdd.checkpoint import Checkpointer, stop_on_signals
 from tgdd.config import Config, config_dict
 from tgdd.data.prepared import ClassSampler, PreparedSplit, load_prepared
 from tgdd.data.registry import get_dataset
@@ -49,6 +50,8 @@ def run_distillation(
     if method.needs_trajectories:
         trajectories = load_trajectories(cfg, paths.experts_dir(cfg), train)
         inputs["trajectories_manifest_sha256"] = trajectories.manifest_sha256
+    identity = {"settings": asdict(settings), "inputs": inputs, "seed": cfg.seed, "dataset": cfg.dataset}
+    checkpointer = Checkpointer(paths.synthetic_dir(cfg) / "checkpoint.pt", settings.checkpoint_every, identity)
     ctx = DistillContext(
         cfg=cfg,
         settings=settings,
@@ -58,9 +61,12 @@ def run_distillation(
         device=device,
         gen=generator(cfg.seed, "distill", settings.method, settings.ipc, device=device),
         trajectories=trajectories,
+        checkpoint=checkpointer,
         progress=progress,
     )
-    output = method.run(ctx)
+    with stop_on_signals() as stop:
+        checkpointer.stop = stop
+        output = method.run(ctx)
     labels = torch.arange(train.num_classes).repeat_interleave(settings.ipc)
     meta = {
         "dataset": cfg.dataset,
@@ -80,6 +86,7 @@ def run_distillation(
     write_text(out_dir / "losses.csv", _records_csv(output.records))
     save_grid(out_dir / "grid.png", output.images.cpu(), settings.ipc)
     save_synthetic(syn_path, SyntheticSet(output.images.cpu(), labels, settings.factor, meta))
+    checkpointer.finish()
     return syn_path
 
 

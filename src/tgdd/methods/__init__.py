@@ -35,6 +35,7 @@ class DistillSettings:
     max_syn_per_class: int
     dsa_strategy: str
     log_every: int
+    checkpoint_every: int
 
 
 @dataclass
@@ -47,6 +48,7 @@ class DistillContext:
     device: torch.device
     gen: torch.Generator
     trajectories: Any = None  # tgdd.experts.Trajectories for methods that need them
+    checkpoint: Any = None  # tgdd.checkpoint.Checkpointer for resumable methods
     progress: bool = True
 
 
@@ -68,7 +70,7 @@ METHODS: Registry[Method] = Registry("method")
 
 
 def _load_builtin() -> None:
-    from tgdd.methods import matching, selection  # noqa: F401
+    from tgdd.methods import dance, herding, matching, selection  # noqa: F401
 
 
 _load_builtin()

@@ -4,7 +4,7 @@ differ only in which networks they use each iteration and the weight of the cros
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from tgdd.augment import DiffAugment, normalize
 from tgdd.data.registry import DatasetSpec
 from tgdd.errors import TgddError
-from tgdd.methods import METHODS, DistillContext, DistillOutput
+from tgdd.methods import METHODS, DistillContext, DistillOutput, DistillSettings
 from tgdd.models import build_model
 from tgdd.runtime import seeded_init
 from tgdd.synthetic import decode, initial_images
@@ -67,59 +67,126 @@ def class_loss(
     return mmd + alpha * sdc, mmd.detach(), sdc.detach()
 
 
+def synthetic_batch(images: torch.Tensor, settings: DistillSettings, gen: torch.Generator) -> torch.Tensor:
+    """One class's decoded training images, a random subset of ``max_syn_per_class`` beyond that."""
+    syn = decode(images, settings.factor)
+    if len(syn) > settings.max_syn_per_class:
+        keep = torch.randperm(len(syn), generator=gen, device=gen.device)[: settings.max_syn_per_class]
+        syn = syn[keep.to(syn.device)]
+    return syn
+
+
+def sgd_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One step on ``loss``; images that get no gradient (other classes) do not move, because
+    SGD skips parameters whose gradient is None (momentum included)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def _frozen(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
 
 
+@dataclass
+class LoopState:
+    """Everything a matching run needs to continue exactly where it stopped."""
+
+    images: list[torch.Tensor]  # one leaf tensor per class
+    optimizer: torch.optim.Optimizer
+    iteration: int = 0
+    records: list[dict[str, float]] = field(default_factory=list)
+
+    def to_checkpoint(self, gen: torch.Generator) -> dict[str, Any]:
+        return {
+            "iteration": self.iteration,
+            "images": [x.detach().cpu() for x in self.images],
+            "optimizer": self.optimizer.state_dict(),
+            "generator": gen.get_state(),
+            "records": self.records,
+        }
+
+    def restore(self, blob: dict[str, Any], gen: torch.Generator) -> None:
+        with torch.no_grad():
+            for x, saved in zip(self.images, blob["images"], strict=True):
+                x.copy_(saved)
+        self.optimizer.load_state_dict(blob["optimizer"])
+        gen.set_state(blob["generator"])
+        self.iteration, self.records = blob["iteration"], list(blob["records"])
+
+
 class MatchingMethod:
-    """The per-class distribution-matching loop; subclasses choose the networks."""
+    """The per-class distribution-matching loop; subclasses choose the networks (and may add a
+    second, separately stepped loss per class)."""
 
     needs_trajectories = True
 
     def networks(self, ctx: DistillContext, nets: tuple[nn.Module, nn.Module]) -> tuple[nn.Module, nn.Module | None]:
         raise NotImplementedError
 
+    def second_loss(
+        self, ctx: DistillContext, nets: tuple[nn.Module, nn.Module], c: int, images: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A second loss on class c's images, stepped on its own after the matching step
+        (DANCE's calibration); returns (weighted loss, unweighted term) or None."""
+        return None
+
+    def initial_state(self, ctx: DistillContext) -> LoopState:
+        s, train = ctx.settings, ctx.train
+        init = initial_images(ctx.sampler, train.num_classes, s.ipc, s.factor, s.init, ctx.gen).to(ctx.device)
+        per_class = [init[c * s.ipc : (c + 1) * s.ipc].clone().requires_grad_(True) for c in range(train.num_classes)]
+        return LoopState(per_class, torch.optim.SGD(per_class, lr=s.lr_img, momentum=s.momentum))
+
     def run(self, ctx: DistillContext) -> DistillOutput:
         s, train, device = ctx.settings, ctx.train, ctx.device
         num_classes = train.num_classes
         channels, size = train.images.shape[1], train.images.shape[2]
-        init = initial_images(ctx.sampler, num_classes, s.ipc, s.factor, s.init, ctx.gen).to(device)
-        per_class = [init[c * s.ipc : (c + 1) * s.ipc].clone().requires_grad_(True) for c in range(num_classes)]
-        optimizer = torch.optim.SGD(per_class, lr=s.lr_img, momentum=s.momentum)
+        state = self.initial_state(ctx)
+        if ctx.checkpoint is not None and ctx.checkpoint.resume_blob is not None:
+            state.restore(ctx.checkpoint.resume_blob, ctx.gen)
         augment = DiffAugment(s.dsa_strategy)
         mean, std = train.mean.to(device), train.std.to(device)
-        nets = tuple(
-            _frozen(build_model(ctx.cfg.experts.arch, channels, size, num_classes).to(device)) for _ in range(2)
+        arch = ctx.cfg.experts.arch
+        nets = tuple(_frozen(build_model(arch, channels, size, num_classes).to(device)) for _ in range(2))
+        progress = tqdm(
+            total=s.iterations, initial=state.iteration, desc=f"distill {s.method}", disable=not ctx.progress
         )
-        records: list[dict[str, float]] = []
-        for it in tqdm(range(s.iterations), desc=f"distill {s.method}", disable=not ctx.progress, leave=False):
+        while state.iteration < s.iterations:
+            it = state.iteration
             extractor, expert = self.networks(ctx, nets)
             with torch.no_grad():
-                for images in per_class:
+                for images in state.images:
                     images.clamp_(0, 1)
             totals = torch.zeros(3, device=device)
-            for c, images in enumerate(per_class):
+            for c, images in enumerate(state.images):
                 real = normalize(ctx.sampler.sample(c, s.real_batch, ctx.gen), mean, std)
-                syn = decode(images, s.factor)
-                if len(syn) > s.max_syn_per_class:
-                    keep = torch.randperm(len(syn), generator=ctx.gen, device=ctx.gen.device)[: s.max_syn_per_class]
-                    syn = syn[keep.to(device)]
-                real, syn = augment.siamese(real, normalize(syn, mean, std), gen=ctx.gen)
+                syn = normalize(synthetic_batch(images, s, ctx.gen), mean, std)
+                real, syn = augment.siamese(real, syn, gen=ctx.gen)
                 loss, mmd, sdc = class_loss(extractor, expert, real, syn, c, s.alpha)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # only class c's images get a gradient, so only they move
-                optimizer.step()
+                sgd_step(state.optimizer, loss)
+                second = self.second_loss(ctx, nets, c, images)
+                if second is not None:
+                    sgd_step(state.optimizer, second[0])
+                    loss, sdc = loss.detach() + second[0].detach(), sdc + second[1]
                 totals += torch.stack([loss.detach(), mmd, sdc])
             if it % s.log_every == 0 or it == s.iterations - 1:
                 loss_v, mmd_v, sdc_v = (totals / num_classes).tolist()
                 if not math.isfinite(loss_v):
-                    raise TgddError(f"{s.method}: loss became {loss_v} at iteration {it}; lower distill.lr_img")
-                records.append({"iteration": it, "loss": loss_v, "mmd": mmd_v, "sdc": sdc_v})
+                    raise TgddError(
+                        f"{s.method}: loss became {loss_v} at iteration {it}; the last good checkpoint is kept "
+                        "(lower distill.lr_img and rerun)"
+                    )
+                state.records.append({"iteration": it, "loss": loss_v, "mmd": mmd_v, "sdc": sdc_v})
+            state.iteration += 1
+            progress.update()
+            if ctx.checkpoint is not None:
+                ctx.checkpoint.after_iteration(state.iteration, lambda: state.to_checkpoint(ctx.gen))
+        progress.close()
         with torch.no_grad():
-            images = torch.cat(per_class).clamp_(0, 1)
-        return DistillOutput(images.detach(), records)
+            images = torch.cat(state.images).clamp_(0, 1)
+        return DistillOutput(images.detach(), state.records)
 
 
 class TGDD(MatchingMethod):

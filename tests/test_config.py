@@ -60,3 +60,10 @@ def test_overrides_do_not_leak_into_the_callers_tree():
     assert build_config(tree, ["distill.method=dm"]).distill.method == "dm"
     assert tree == {"distill": {"ipc": 3}}
     assert build_config(tree).distill.method == "tgdd"
+
+
+def test_readme_config_table_is_current():
+    from tgdd.docs import render
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert render(readme) == readme, "README's config table is stale: run `python -m tgdd.docs`"

@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--config", type=Path, default=None, help="YAML config file (default: built-in defaults)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="override any config key, dotted")
         p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+        if step == "pipeline":
+            p.add_argument("-n", "--dry-run", action="store_true", help="list the steps that would run")
     show = sub.add_parser("config", help="print the resolved configuration as YAML")
     show.add_argument("--config", type=Path, default=None)
     show.add_argument("overrides", nargs="*", metavar="key=value")
@@ -70,7 +72,8 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
-    for path in getattr(steps, args.step)(cfg):
+    kwargs = {"dry_run": True} if getattr(args, "dry_run", False) else {}
+    for path in getattr(steps, args.step)(cfg, **kwargs):
         print(f"wrote {path}")
     return 0
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from tgdd.errors import TgddError
 from tgdd.registry import suggestion
@@ -101,6 +101,16 @@ class Config(_Strict):
     distill: DistillConfig = DistillConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     matrix: MatrixConfig = MatrixConfig()
+    per_dataset: dict[str, dict[str, Any]] = Field(
+        {}, description="partial configs merged in when that data set is selected (e.g. its IPCs, epochs)"
+    )
+
+    _source: tuple[dict[str, Any], tuple[str, ...]] = PrivateAttr(default=({}, ()))
+
+    def with_overrides(self, *overrides: str) -> Config:
+        """This config rebuilt from its source with more overrides (``per_dataset`` reapplied)."""
+        tree, previous = self._source
+        return build_config(tree, [*previous, *overrides])
 
     @model_validator(mode="after")
     def _known_names(self) -> Config:
@@ -119,6 +129,8 @@ class Config(_Strict):
         PROTOCOLS.get(self.evaluate.protocol)
         check_strategy(self.distill.dsa_strategy)
         check_strategy(self.experts.augment)
+        for name in self.per_dataset:
+            get_dataset(name)
         return self
 
 
@@ -173,15 +185,47 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
     return pairs
 
 
-def build_config(tree: dict[str, Any] | None = None, overrides: list[str] | None = None) -> Config:
-    """Validate a config tree (plus overrides) into a :class:`Config`, or raise one clear TgddError."""
-    tree = copy.deepcopy(tree or {})  # overrides must not leak into the caller's tree
-    for key, value in parse_overrides(overrides or []):
-        set_dotted(tree, key, value)
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` merged into a copy of ``base``, section by section."""
+    merged = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def build_config(
+    tree: dict[str, Any] | None = None, overrides: list[str] | None = None, check_per_dataset: bool = True
+) -> Config:
+    """Validate a config tree (plus overrides) into a :class:`Config`, or raise one clear TgddError.
+
+    Precedence: the tree, then ``per_dataset[<selected dataset>]``, then the overrides.
+    """
+    source = copy.deepcopy(tree or {})  # overrides must not leak into the caller's tree
+    pairs = parse_overrides(overrides or [])
+    with_overrides = copy.deepcopy(source)
+    for key, value in pairs:
+        set_dotted(with_overrides, key, value)
+    dataset = with_overrides.get("dataset", Config.model_fields["dataset"].default)
+    per_dataset = with_overrides.get("per_dataset") or {}
+    final = with_overrides
+    if isinstance(per_dataset, dict) and isinstance(per_dataset.get(dataset), dict):
+        final = deep_merge(source, per_dataset[dataset])
+        for key, value in pairs:
+            set_dotted(final, key, value)
     try:
-        return Config.model_validate(tree)
+        config = Config.model_validate(final)
     except ValidationError as error:
-        raise TgddError(_one_line(error)) from None
+        prefix = f"(with per_dataset.{dataset}) " if final is not with_overrides else ""
+        raise TgddError(prefix + _one_line(error)) from None
+    config._source = (source, tuple(overrides or ()))
+    if check_per_dataset:  # every per-dataset block must be valid, not only the selected one
+        for name in config.per_dataset:
+            if name != config.dataset:
+                build_config(source, [*(overrides or ()), f"dataset={name}"], check_per_dataset=False)
+    return config
 
 
 def load_config(path: Path | None, overrides: list[str] | None = None) -> Config:

@@ -50,13 +50,25 @@ PROTOCOLS.add(
 )
 
 
-def protocol_settings(cfg: Config) -> TrainSettings:
-    """The protocol's training settings, with epochs overridden if configured and flips removed
-    for data sets whose labels a mirror image would change."""
+def subset_epochs(images_per_class: int, num_classes: int) -> int:
+    """SPEC §5: evaluation epochs for the 128 px ImageNet subsets, by decoded images per class
+    (IPC x f^2); two thirds of that for 100 classes."""
+    steps = ((1, 3000), (10, 2000), (50, 1500), (200, 1000), (500, 500))
+    epochs = next((e for limit, e in steps if images_per_class <= limit), 300)
+    return epochs * 2 // 3 if num_classes >= 100 else epochs
+
+
+def protocol_settings(cfg: Config, images_per_class: int | None = None) -> TrainSettings:
+    """The protocol's training settings: epochs from the config if set, else the SPEC's rule for
+    the 128 px subsets under protocol ``tgdd``, else the protocol's; flips removed for data sets
+    whose labels a mirror image would change."""
     settings = PROTOCOLS.get(cfg.evaluate.protocol).train
+    spec = get_dataset(cfg.dataset)
     if cfg.evaluate.epochs is not None:
         settings = replace(settings, epochs=cfg.evaluate.epochs)
-    if not get_dataset(cfg.dataset).flip:
+    elif cfg.evaluate.protocol == "tgdd" and spec.image_size >= 128 and images_per_class is not None:
+        settings = replace(settings, epochs=subset_epochs(images_per_class, spec.num_classes))
+    if not spec.flip:
         settings = replace(settings, augment=without_flip(settings.augment))
     return settings
 
@@ -77,7 +89,7 @@ def evaluate_synthetic(cfg: Config, device: torch.device, progress: bool = True)
     syn_sha = sha256_file(syn_path)
     images, labels = syn.decoded()
     images, labels = images.to(device), labels.to(device)
-    settings = protocol_settings(cfg)
+    settings = protocol_settings(cfg, images_per_class=len(images) // test.num_classes)
     written = []
     for arch in cfg.evaluate.archs:
         seeds = [derive_seed(cfg.seed, "evaluate", arch, run) for run in range(cfg.evaluate.runs)]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pandas as pd
 
-from tgdd.artifacts import write_text
+from tgdd.artifacts import write_json, write_text
 from tgdd.errors import TgddError
 
 SUMMARY_COLUMNS = ["dataset", "ipc", "method", "arch", "protocol", "mean", "std", "n_runs", "epochs", "factor", "seeds"]
@@ -58,14 +59,89 @@ def paper_table(frame: pd.DataFrame) -> str:
         blocks.append(
             f"### {arch}, protocol `{protocol}`\n\n"
             f"Test accuracy (%), mean ± std over {'/'.join(map(str, runs))} runs, "
-            f"{'/'.join(map(str, epochs))} epochs, last epoch.\n\n" + wide.reset_index().to_markdown(index=False)
+            f"{'/'.join(map(str, epochs))} epochs, last epoch.\n\n"
+            + wide.reset_index().to_markdown(index=False, disable_numparse=True)
         )
     return "\n\n".join(blocks) + "\n"
 
 
-def write_report(eval_root: Path, tables_dir: Path) -> tuple[Path, Path, str]:
+def cross_arch_table(frame: pd.DataFrame) -> str:
+    """Rows: data set / IPC / method; columns: architecture (one table per protocol)."""
+    blocks = []
+    for protocol, group in frame.groupby("protocol", sort=True):
+        cells = group.assign(cell=group["mean"].map("{:.1f}".format) + " ± " + group["std"].map("{:.1f}".format))
+        wide = cells.pivot_table(index=["dataset", "ipc", "method"], columns="arch", values="cell", aggfunc="first")
+        blocks.append(
+            f"### Cross-architecture, protocol `{protocol}`\n\n"
+            + wide.fillna("–").reset_index().to_markdown(index=False, disable_numparse=True)
+        )
+    return "\n\n".join(blocks) + "\n"
+
+
+def published_results() -> pd.DataFrame:
+    """The paper's numbers quoted in SPEC §7 (``ipc`` 0: whole data set), shipped as package data."""
+    from importlib.resources import files
+
+    text = files("tgdd.resources").joinpath("published.csv").read_text()
+    return pd.read_csv(io.StringIO(text), comment="#")
+
+
+def arch_family(arch: str) -> str:
+    """``convnet-3-w64`` -> ``convnet``: the published tables name architectures without variants."""
+    for family in ("convnet", "resnet10-ap", "densenet121"):
+        if arch.startswith(family):
+            return family
+    return arch
+
+
+def comparison_tables(frame: pd.DataFrame, protocol: str = "tgdd") -> str:
+    """For each published table, our cells beside the paper's, for the cells we have results for."""
+    ours = frame[frame["protocol"] == protocol].assign(family=frame["arch"].map(arch_family))
+    published = published_results()
+    blocks = []
+    for table, paper in published.groupby("table", sort=False):
+        merged = paper.merge(
+            ours, left_on=["method", "dataset", "ipc", "arch"], right_on=["method", "dataset", "ipc", "family"]
+        )
+        if merged.empty:
+            continue
+        merged = merged.assign(
+            ours=merged["mean"].map("{:.1f}".format) + " ± " + merged["std"].map("{:.1f}".format),
+            paper=merged["accuracy"].map("{:.1f}".format),
+            runs=merged["n_runs"],
+        )
+        rows = merged[["dataset", "ipc", "arch_y", "method", "ours", "paper", "runs", "epochs"]].rename(
+            columns={"arch_y": "arch"}
+        )
+        blocks.append(
+            f"### Published table `{table}` beside ours (protocol `{protocol}`)\n\n"
+            "`paper`: the TGDD paper's numbers (SPEC §7), full GPU budget, authors' protocol. `ours`: this run's "
+            "budget (see `epochs`, `runs`), last-epoch accuracy, mean ± std. Different budgets: compare trends, not digits.\n\n"
+            + rows.sort_values(["dataset", "ipc", "arch", "method"]).to_markdown(index=False, disable_numparse=True)
+        )
+    return "\n\n".join(blocks) + ("\n" if blocks else "")
+
+
+def headline_metrics(frame: pd.DataFrame) -> dict:
+    """Nested ``dataset -> ipc<k> -> method -> arch/protocol -> {mean, std}``: DVC's metrics file."""
+    metrics: dict = {}
+    for row in frame.itertuples():
+        cell = metrics.setdefault(row.dataset, {}).setdefault(f"ipc{row.ipc}", {}).setdefault(row.method, {})
+        cell[f"{row.arch}/{row.protocol}"] = {"mean": round(row.mean, 4), "std": round(row.std, 4)}
+    return metrics
+
+
+def write_report(eval_root: Path, tables_dir: Path) -> tuple[list[Path], str]:
+    """summary.csv, summary.md (paper-style and cross-architecture tables), comparison with the
+    published numbers, and metrics.json. Returns the paths and the Markdown shown to the user."""
     frame = collect_results(eval_root)
-    csv_path = write_text(tables_dir / "summary.csv", frame.to_csv(index=False, float_format="%.4f"))
-    markdown = paper_table(frame)
-    md_path = write_text(tables_dir / "summary.md", markdown)
-    return csv_path, md_path, markdown
+    markdown = paper_table(frame) + "\n" + cross_arch_table(frame)
+    written = [
+        write_text(tables_dir / "summary.csv", frame.to_csv(index=False, float_format="%.4f")),
+        write_text(tables_dir / "summary.md", markdown),
+        write_text(
+            tables_dir / "published_comparison.md", comparison_tables(frame) or "No cell matches a published one.\n"
+        ),
+        write_json(tables_dir / "metrics.json", headline_metrics(frame)),
+    ]
+    return written, markdown

@@ -53,46 +53,72 @@ def evaluate(cfg: Config) -> list[Path]:
 def report(cfg: Config) -> list[Path]:
     from tgdd.report import write_report
 
-    csv_path, md_path, markdown = write_report(cfg.paths.results / "eval", paths.tables_dir(cfg))
+    written, markdown = write_report(cfg.paths.results / "eval", paths.tables_dir(cfg))
     print(markdown)
-    return [csv_path, md_path]
+    return written
 
 
 def matrix_configs(cfg: Config) -> list[Config]:
-    """One config per (dataset, seed, method, IPC) cell of ``matrix``."""
+    """One config per (dataset, seed, method, IPC) cell of ``matrix`` (each data set's own
+    ``per_dataset`` settings, including its methods and IPCs, applied)."""
     cells = []
-    m = cfg.matrix
-    for dataset in m.datasets:
+    for dataset in cfg.matrix.datasets:
+        dataset_cfg = cfg.with_overrides(f"dataset={dataset}")
+        m = dataset_cfg.matrix
         for seed in m.seeds:
             for method in m.methods:
                 for ipc in m.ipcs:
-                    distill_cfg = cfg.distill.model_copy(update={"method": method, "ipc": ipc})
-                    cells.append(cfg.model_copy(update={"dataset": dataset, "seed": seed, "distill": distill_cfg}))
+                    cells.append(
+                        dataset_cfg.with_overrides(f"seed={seed}", f"distill.method={method}", f"distill.ipc={ipc}")
+                    )
     return cells
 
 
-def pipeline(cfg: Config) -> list[Path]:
-    """The whole matrix in one process, skipping outputs that already exist (a rerun resumes)."""
+def plan(cfg: Config) -> list[tuple[str, Config]]:
+    """The steps ``pipeline`` would run now, in order, given what already exists on disk."""
     from tgdd.methods import METHODS
 
-    written: list[Path] = []
+    steps_to_run: list[tuple[str, Config]] = []
     cells = matrix_configs(cfg)
-    for dataset_cfg in {(c.dataset): c for c in cells}.values():
+    for dataset_cfg in {c.dataset: c for c in cells}.values():
         if not (paths.prepared_dir(dataset_cfg) / "manifest.json").is_file():
-            written += prepare(dataset_cfg)
-    needs_experts = {(c.dataset, c.seed): c for c in cells if METHODS.get(c.distill.method).needs_trajectories}
-    for expert_cfg in needs_experts.values():
-        written += experts(expert_cfg)  # finished trajectories are kept
+            steps_to_run.append(("prepare", dataset_cfg))
+    needs_experts = {}
+    for c in cells:
+        if METHODS.get(c.distill.method).needs_trajectories:
+            needs_experts.setdefault(paths.experts_dir(c), c)
+    for expert_dir, c in needs_experts.items():
+        manifest = expert_dir / "manifest.json"
+        if not (manifest.is_file() and '"complete": true' in manifest.read_text()):
+            steps_to_run.append(("experts", c))
     for cell in cells:
-        label = f"{cell.dataset} {cell.distill.method} ipc{cell.distill.ipc} seed{cell.seed}"
         if not paths.synthetic_file(cell).is_file():
-            log.info("distill %s", label)
-            written += distill(cell)
+            steps_to_run.append(("distill", cell))
         missing = [a for a in cell.evaluate.archs if not paths.evaluation_file(cell, a).is_file()]
         if missing:
-            log.info("evaluate %s on %s", label, ", ".join(missing))
-            written += evaluate(
-                cell.model_copy(update={"evaluate": cell.evaluate.model_copy(update={"archs": missing})})
-            )
-    written += report(cfg)
+            steps_to_run.append(("evaluate", cell.with_overrides("evaluate.archs=[" + ",".join(missing) + "]")))
+    steps_to_run.append(("report", cfg))
+    return steps_to_run
+
+
+def describe(step: str, cfg: Config) -> str:
+    d = cfg.distill
+    if step in ("prepare", "report"):
+        return f"{step} {cfg.dataset}" if step == "prepare" else step
+    if step == "experts":
+        return f"experts {cfg.dataset} {cfg.experts.arch} seed{cfg.seed}"
+    archs = f" on {', '.join(cfg.evaluate.archs)}" if step == "evaluate" else ""
+    return f"{step} {cfg.dataset} {d.method} ipc{d.ipc} seed{cfg.seed}{archs}"
+
+
+def pipeline(cfg: Config, dry_run: bool = False) -> list[Path]:
+    """The whole matrix in one process, skipping outputs that already exist (a rerun resumes;
+    trajectories and checkpoints of interrupted steps are picked up by the steps themselves)."""
+    written: list[Path] = []
+    for step, step_cfg in plan(cfg):
+        if dry_run:
+            print(f"would run: {describe(step, step_cfg)}")
+            continue
+        log.info("%s", describe(step, step_cfg))
+        written += globals()[step](step_cfg)
     return written

@@ -1,0 +1,91 @@
+"""The presets, per-dataset settings, the evaluation-epochs rule and the report's published tables."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tgdd import steps
+from tgdd.config import build_config, load_config
+from tgdd.errors import TgddError
+from tgdd.evaluate import protocol_settings, subset_epochs
+from tgdd.report import comparison_tables, headline_metrics, published_results
+
+CONFIG = Path(__file__).parents[1] / "config"
+
+
+def test_paper_preset_covers_the_ten_datasets_with_spec_settings():
+    cfg = load_config(CONFIG / "paper.yaml")
+    cells = steps.matrix_configs(cfg)
+    by_dataset = {}
+    for cell in cells:
+        by_dataset.setdefault(cell.dataset, set()).add(cell.distill.ipc)
+        assert cell.experts.num_trajectories == 5
+        assert {"resnet10-ap", "densenet121", "resnet18", "vgg11", "alexnet"} <= set(cell.evaluate.archs)
+    assert len(by_dataset) == 10
+    assert by_dataset["cifar100"] == {1, 10, 50} and by_dataset["imagewoof"] == {1, 10}
+    subset = cfg.with_overrides("dataset=imagenette")
+    assert (subset.experts.arch, subset.experts.epochs, subset.experts.batch_size) == ("convnet-5", 80, 128)
+    assert cfg.with_overrides("dataset=tinyimagenet").experts.arch == "convnet-4"
+    assert (cfg.experts.arch, cfg.experts.epochs) == ("convnet-3", 60)
+    assert {c.distill.method for c in cells} == {"tgdd", "dm", "dance", "random", "herding"}
+
+
+def test_paper_preset_dry_run_lists_every_step(tmp_path, capsys):
+    cfg = load_config(CONFIG / "paper.yaml", [f"paths.data={tmp_path}", f"paths.results={tmp_path}"])
+    planned = steps.plan(cfg)
+    kinds = pd.Series([step for step, _ in planned]).value_counts().to_dict()
+    # 10 data sets prepared, experts per data set (seed 0), 120 cells distilled and evaluated, 1 report
+    assert kinds == {"prepare": 10, "experts": 10, "distill": 120, "evaluate": 120, "report": 1}
+    steps.pipeline(cfg, dry_run=True)
+    assert capsys.readouterr().out.count("would run:") == 261
+
+
+def test_command_line_overrides_win_over_per_dataset_settings():
+    tree = {"per_dataset": {"cifar10": {"experts": {"epochs": 7}}}}
+    assert build_config(tree, ["dataset=cifar10"]).experts.epochs == 7
+    assert build_config(tree, ["dataset=cifar10", "experts.epochs=3"]).experts.epochs == 3
+    assert build_config(tree, ["dataset=digits"]).experts.epochs == 60
+
+
+def test_every_per_dataset_block_is_validated():
+    with pytest.raises(TgddError, match=r"per_dataset.cifar10.*epochz.*Did you mean 'epochs'"):
+        build_config({"per_dataset": {"cifar10": {"experts": {"epochz": 1}}}})
+    with pytest.raises(TgddError, match="unknown dataset 'cifar11'"):
+        build_config({"per_dataset": {"cifar11": {}}})
+
+
+@pytest.mark.parametrize(
+    ("per_class", "classes", "epochs"),
+    [(1, 10, 3000), (4, 10, 2000), (40, 10, 1500), (200, 10, 1000), (400, 10, 500), (1000, 10, 300), (4, 100, 1333)],
+)
+def test_subset_evaluation_epochs_follow_spec(per_class, classes, epochs):
+    assert subset_epochs(per_class, classes) == epochs
+
+
+def test_protocol_epochs_rule_applies_to_128px_only_and_yields_to_the_config():
+    assert protocol_settings(build_config({}, ["dataset=imagenette"]), images_per_class=40).epochs == 1500
+    assert protocol_settings(build_config({}, ["dataset=imagenette"]), images_per_class=4).epochs == 2000
+    assert protocol_settings(build_config({}, ["dataset=cifar10"]), images_per_class=4).epochs == 1500
+    assert protocol_settings(build_config({}, ["dataset=imagenette", "evaluate.epochs=5"]), 4).epochs == 5
+    assert protocol_settings(build_config({}, ["evaluate.protocol=dc"]), 4).epochs == 1000
+
+
+def test_published_numbers_match_spec_and_sit_beside_ours():
+    published = published_results()
+    row = published.query("table == 'main' and method == 'tgdd' and dataset == 'cifar100' and ipc == 50")
+    assert row["accuracy"].item() == 54.6
+    assert len(published.query("table == 'cross_arch'")) == 9
+    ours = pd.DataFrame(
+        [
+            {"dataset": "cifar10", "ipc": 10, "method": "tgdd", "arch": "convnet-3", "protocol": "tgdd",
+             "mean": 60.0, "std": 1.0, "n_runs": 3, "epochs": 300},
+            {"dataset": "cifar10", "ipc": 50, "method": "dm", "arch": "resnet10-ap", "protocol": "tgdd",
+             "mean": 50.0, "std": 2.0, "n_runs": 3, "epochs": 300},
+        ]
+    )  # fmt: skip
+    text = comparison_tables(ours)
+    lines = [line.replace(" ", "") for line in text.splitlines()]
+    assert "|cifar10|10|convnet-3|tgdd|60.0±1.0|71.9|3|300|" in lines
+    assert "`cross_arch`" in text and "58.6" in text
+    assert headline_metrics(ours)["cifar10"]["ipc10"]["tgdd"]["convnet-3/tgdd"] == {"mean": 60.0, "std": 1.0}

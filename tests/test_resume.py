@@ -91,3 +91,34 @@ def test_checkpoint_for_other_settings_is_ignored(with_experts, uninterrupted, t
     checkpoint.parent.mkdir(parents=True)
     torch.save({"identity": {"settings": "something else"}, "state": {}}, checkpoint)
     assert torch.equal(load_synthetic(steps.distill(cfg)[0]).images, uninterrupted)
+
+
+def test_expert_training_resumes_bit_identically_after_sigterm(prepared_root, tmp_path):
+    overrides = ["experts.num_trajectories=1", "experts.epochs=80"]
+    reference = tmp_path / "reference"
+    shutil.copytree(prepared_root / "data", reference / "data")
+    steps.experts(tiny_config(reference, *overrides))
+    expected = torch.load(paths.experts_dir(tiny_config(reference, *overrides)) / "trajectory_00.pt", weights_only=True)
+
+    work = tmp_path / "work"
+    shutil.copytree(prepared_root / "data", work / "data")
+    tree = {**TINY, "paths": {"data": str(work / "data"), "results": str(work / "results")}}
+    (work / "tiny.yaml").write_text(yaml.safe_dump(tree))
+    cfg = tiny_config(work, *overrides)
+    command = [sys.executable, "-m", "tgdd.cli", "experts", "-q", "--config", str(work / "tiny.yaml"), *overrides]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = paths.experts_dir(cfg) / "trajectory_00.ckpt.pt"
+    _wait_for(checkpoint, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "stopped by SIGTERM" in stderr
+    assert not (paths.experts_dir(cfg) / "trajectory_00.pt").exists()
+    epoch = torch.load(checkpoint, weights_only=True)["state"]["epoch"]
+    assert 0 < epoch < 80
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    resumed = torch.load(paths.experts_dir(cfg) / "trajectory_00.pt", weights_only=True)
+    assert len(resumed["snapshots"]) == 81
+    for got, want in zip(resumed["snapshots"], expected["snapshots"], strict=True):
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    assert not checkpoint.exists()

@@ -56,7 +56,7 @@ class Checkpointer:
 
     def __init__(self, path: Path, every: int, identity: dict[str, Any], stop: StopRequested | None = None) -> None:
         self.path, self.every, self.identity = Path(path), every, identity
-        self.stop = stop or StopRequested()
+        self.stop = stop if stop is not None else StopRequested()  # (an unset flag is falsy)
         self.resume_blob: dict[str, Any] | None = None
         if self.path.is_file():
             try:
@@ -66,7 +66,7 @@ class Checkpointer:
                 return
             if blob.get("identity") == identity:
                 self.resume_blob = blob["state"]
-                log.info("resuming from %s at iteration %d", self.path, blob["state"]["iteration"])
+                log.info("resuming from checkpoint %s", self.path)
             else:
                 log.warning("ignoring checkpoint %s: it was written for other settings or inputs", self.path)
 

@@ -44,6 +44,7 @@ class ExpertsConfig(_Strict):
     augment: str = Field("color_crop", description="DSA strategy per sample ('none' to disable)")
     cutmix_prob: float = Field(0.5, ge=0, le=1, description="probability of CutMix per expert batch")
     cutmix_beta: float = Field(1.0, gt=0, description="CutMix Beta(beta, beta) parameter")
+    checkpoint_every: int = Field(1, ge=0, description="epochs between resumable checkpoints (0: never)")
 
 
 class DistillConfig(_Strict):

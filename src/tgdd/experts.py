@@ -16,12 +16,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tgdd.artifacts import provenance, read_json, sha256_file, torch_load, torch_save, write_json
+from tgdd.checkpoint import Checkpointer, StopRequested, stop_on_signals
 from tgdd.config import Config
 from tgdd.data.prepared import PreparedSplit
 from tgdd.errors import TgddError
 from tgdd.models import build_model
 from tgdd.runtime import derive_seed, generator, numpy_rng, seeded_init
-from tgdd.train import TrainSettings, accuracy, train_classifier
+from tgdd.train import Resumable, TrainSettings, accuracy, train_classifier
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -65,13 +66,25 @@ def expected_identity(cfg: Config, train: PreparedSplit) -> dict:
 
 
 def train_trajectory(
-    cfg: Config, index: int, train: PreparedSplit, test: PreparedSplit, device: torch.device
+    cfg: Config,
+    index: int,
+    train: PreparedSplit,
+    test: PreparedSplit,
+    device: torch.device,
+    checkpointer: Checkpointer | None = None,
 ) -> tuple[list[StateDict], float]:
     """Train expert ``index`` and return its E+1 snapshots and final test accuracy."""
     channels, size = train.images.shape[1], train.images.shape[2]
     with seeded_init(derive_seed(cfg.seed, "expert-init", index)):
         model = build_model(cfg.experts.arch, channels, size, train.num_classes).to(device)
     snapshots = [_snapshot(model)]
+    resumable = None
+    if checkpointer is not None:
+        resumable = Resumable(
+            checkpointer,
+            save_extra=lambda: {"snapshots": snapshots},
+            load_extra=lambda extra: snapshots.__setitem__(slice(None), extra["snapshots"]),
+        )
     images = train.as_float().to(device)
     train_classifier(
         model,
@@ -84,6 +97,7 @@ def train_trajectory(
         rng=numpy_rng(cfg.seed, "expert-cutmix", index),
         on_epoch_end=lambda _epoch, m: snapshots.append(_snapshot(m)),
         progress=f"expert {index + 1}/{cfg.experts.num_trajectories}",
+        resumable=resumable,
     )
     return snapshots, accuracy(model, test.images, test.labels, test.mean, test.std)
 
@@ -98,20 +112,38 @@ def train_experts(cfg: Config, out_dir: Path, train: PreparedSplit, test: Prepar
         if old.get("identity") == identity:
             done = {t["file"]: t for t in old.get("trajectories", [])}
     records = []
-    for index in tqdm(range(cfg.experts.num_trajectories), desc="trajectories", leave=False):
-        path = trajectory_file(out_dir, index)
-        record = done.get(path.name)
-        if record and path.is_file() and sha256_file(path) == record["sha256"]:
-            records.append(record)
-            continue
-        snapshots, test_acc = train_trajectory(cfg, index, train, test, device)
-        torch_save(path, {"identity": identity, "index": index, "snapshots": snapshots})
-        record = {"file": path.name, "sha256": sha256_file(path), "index": index, "final_test_accuracy": test_acc}
-        log.info("expert %d: final test accuracy %.2f%%", index, 100 * test_acc)
-        records.append(record)
-        write_json(manifest_path, _manifest(cfg, identity, records, device))  # progress survives a kill
+    with stop_on_signals() as stop:
+        for index in tqdm(range(cfg.experts.num_trajectories), desc="trajectories", leave=False):
+            path = trajectory_file(out_dir, index)
+            record = done.get(path.name)
+            if record and path.is_file() and sha256_file(path) == record["sha256"]:
+                records.append(record)
+                continue
+            records.append(_train_and_save(cfg, index, identity, path, train, test, device, stop))
+            write_json(manifest_path, _manifest(cfg, identity, records, device))  # progress survives a kill
     write_json(manifest_path, _manifest(cfg, identity, records, device))
     return manifest_path
+
+
+def _train_and_save(
+    cfg: Config,
+    index: int,
+    identity: dict,
+    path: Path,
+    train: PreparedSplit,
+    test: PreparedSplit,
+    device: torch.device,
+    stop: StopRequested,
+) -> dict:
+    """Train one trajectory (resuming its epoch checkpoint if any), save it, return its record."""
+    checkpoint = path.with_suffix(".ckpt.pt")
+    ckpt_identity = {**identity, "index": index, "seed": cfg.seed, "experts": cfg.experts.model_dump(mode="json")}
+    checkpointer = Checkpointer(checkpoint, cfg.experts.checkpoint_every, ckpt_identity, stop)
+    snapshots, test_acc = train_trajectory(cfg, index, train, test, device, checkpointer)
+    torch_save(path, {"identity": identity, "index": index, "snapshots": snapshots})
+    checkpointer.finish()
+    log.info("expert %d: final test accuracy %.2f%%", index, 100 * test_acc)
+    return {"file": path.name, "sha256": sha256_file(path), "index": index, "final_test_accuracy": test_acc}
 
 
 def _manifest(cfg: Config, identity: dict, records: list[dict], device: torch.device) -> dict:
@@ -153,9 +185,11 @@ def load_trajectories(cfg: Config, out_dir: Path, train: PreparedSplit) -> Traje
     snapshots = []
     for record in manifest["trajectories"]:
         path = out_dir / record["file"]
-        blob = torch_load(path, "trajectory file")
+        if not path.is_file():
+            raise TgddError(f"trajectory file {path} is missing: rerun `tgdd experts`")
         if sha256_file(path) != record["sha256"]:
-            raise TgddError(f"trajectory file {path} fails its checksum: rerun `tgdd experts`")
+            raise TgddError(f"trajectory file {path} fails its checksum (truncated or changed): rerun `tgdd experts`")
+        blob = torch_load(path, "trajectory file")
         if len(blob["snapshots"]) != cfg.experts.epochs + 1:
             raise TgddError(
                 f"trajectory file {path} has {len(blob['snapshots'])} snapshots, expected {cfg.experts.epochs + 1}"

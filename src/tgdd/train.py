@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,6 +14,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tgdd.augment import DiffAugment, cutmix, normalize
+from tgdd.checkpoint import Checkpointer
+
+
+@dataclass
+class Resumable:
+    """Per-epoch checkpointing of a training run; ``save_extra``/``load_extra`` carry the
+    caller's own state (an expert's snapshots so far)."""
+
+    checkpointer: Checkpointer
+    save_extra: Callable[[], dict[str, Any]] = dict
+    load_extra: Callable[[dict[str, Any]], None] = lambda _extra: None
 
 
 @dataclass(frozen=True)
@@ -43,11 +55,14 @@ def train_classifier(
     rng: np.random.Generator,
     on_epoch_end: Callable[[int, nn.Module], None] | None = None,
     progress: str | None = None,
+    resumable: Resumable | None = None,
 ) -> nn.Module:
     """Train ``model`` in place on ``images`` (floats in [0,1]) and return it.
 
     ``on_epoch_end(epoch, model)`` is called after every epoch (epochs count from 1), which
-    is how expert trajectories take their snapshots.
+    is how expert trajectories take their snapshots. With ``resumable``, the full state
+    (weights, optimizer, schedule, both RNGs, caller state) is checkpointed after epochs and
+    restored on a rerun, so a resumed run equals an uninterrupted one.
     """
     device = images.device
     mean, std = mean.to(device), std.to(device)
@@ -57,8 +72,19 @@ def train_classifier(
     )
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, settings.milestone_epochs(), settings.gamma)
     n = len(images)
+    first_epoch = 1
+    if resumable is not None and resumable.checkpointer.resume_blob is not None:
+        saved = resumable.checkpointer.resume_blob
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        gen.set_state(saved["generator"])
+        rng.bit_generator.state = saved["numpy_rng"]
+        resumable.load_extra(saved["extra"])
+        first_epoch = saved["epoch"] + 1
     model.train()
-    for epoch in tqdm(range(1, settings.epochs + 1), desc=progress, disable=progress is None, leave=False):
+    epochs = range(first_epoch, settings.epochs + 1)
+    for epoch in tqdm(epochs, desc=progress, disable=progress is None, leave=False):
         order = torch.randperm(n, generator=gen, device=gen.device).to(device)
         for start in range(0, n, settings.batch_size):
             idx = order[start : start + settings.batch_size]
@@ -76,6 +102,19 @@ def train_classifier(
         scheduler.step()
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)
+        if resumable is not None:
+            resumable.checkpointer.after_iteration(
+                epoch,
+                lambda epoch=epoch: {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "generator": gen.get_state(),
+                    "numpy_rng": rng.bit_generator.state,
+                    "extra": resumable.save_extra(),
+                },
+            )
     model.eval()
     return model
 

@@ -96,6 +96,7 @@ class Config(_Strict):
     dataset: str = Field("digits", description="data set of the single-step commands (see `tgdd list`)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (null: torch's default)")
+    deterministic: bool = Field(False, description="deterministic CUDA kernels (slower; CPU is always deterministic)")
     paths: PathsConfig = PathsConfig()
     data: DataConfig = DataConfig()
     experts: ExpertsConfig = ExpertsConfig()

@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tgdd import paths
-from tgdd.artifacts import provenance, sha256_file, write_json
+from tgdd.artifacts import provenance, read_json, sha256_file, write_json
 from tgdd.augment import without_flip
 from tgdd.config import Config
 from tgdd.data.prepared import load_prepared
@@ -73,6 +73,24 @@ def protocol_settings(cfg: Config, images_per_class: int | None = None) -> Train
     return settings
 
 
+def check_inputs(cfg: Config, meta: dict, syn_path: Path) -> None:
+    """Refuse a synthetic set distilled from other data or other trajectories than the ones the
+    config points at now (their hashes are recorded in the set)."""
+    inputs = meta.get("inputs", {})
+    manifest = read_json(paths.prepared_dir(cfg) / "manifest.json")
+    train_sha = manifest.get("files", {}).get("train.pt", {}).get("sha256")
+    if inputs.get("train_sha256") != train_sha:
+        raise TgddError(
+            f"synthetic set {syn_path} was distilled from other training data than {paths.prepared_dir(cfg)}: redistill it"
+        )
+    recorded = inputs.get("trajectories_manifest_sha256")
+    experts_manifest = paths.experts_dir(cfg) / "manifest.json"
+    if recorded is not None and experts_manifest.is_file() and sha256_file(experts_manifest) != recorded:
+        raise TgddError(
+            f"synthetic set {syn_path} was distilled from other trajectories than {experts_manifest.parent}: redistill it"
+        )
+
+
 def evaluate_synthetic(cfg: Config, device: torch.device, progress: bool = True) -> list[Path]:
     """Evaluate the synthetic set of ``cfg`` with every architecture in ``evaluate.archs``."""
     syn_path = paths.synthetic_file(cfg)
@@ -84,6 +102,7 @@ def evaluate_synthetic(cfg: Config, device: torch.device, progress: bool = True)
     for key, want in (("dataset", cfg.dataset), ("method", cfg.distill.method), ("ipc", cfg.distill.ipc)):
         if meta.get(key) != want:
             raise TgddError(f"synthetic set {syn_path} has {key}={meta.get(key)!r}, config asks for {want!r}")
+    check_inputs(cfg, meta, syn_path)
     if meta.get("num_classes") != test.num_classes:
         raise TgddError(f"synthetic set {syn_path} has {meta.get('num_classes')} classes, test set {test.num_classes}")
     syn_sha = sha256_file(syn_path)

@@ -4,6 +4,7 @@ configured seed, so runs repeat exactly and stay independent of each other."""
 from __future__ import annotations
 
 import hashlib
+import os
 from contextlib import contextmanager
 
 import numpy as np
@@ -50,3 +51,14 @@ def resolve_device(name: str) -> torch.device:
 def configure_threads(threads: int | None) -> None:
     if threads is not None:
         torch.set_num_threads(threads)
+
+
+def configure_determinism(deterministic: bool) -> None:
+    """On CUDA, some kernels (atomic adds in backward passes of pooling, grid_sample, index_put)
+    are non-deterministic; ``deterministic`` makes torch use deterministic ones or fail loudly.
+    CPU runs are deterministic either way."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True

@@ -8,13 +8,14 @@ from pathlib import Path
 
 from tgdd import paths
 from tgdd.config import Config
-from tgdd.runtime import configure_threads, resolve_device
+from tgdd.runtime import configure_determinism, configure_threads, resolve_device
 
 log = logging.getLogger(__name__)
 
 
 def _device(cfg: Config):
     configure_threads(cfg.threads)
+    configure_determinism(cfg.deterministic)
     return resolve_device(cfg.device)
 
 

@@ -171,13 +171,15 @@ class MatchingMethod:
                     sgd_step(state.optimizer, second[0])
                     loss, sdc = loss.detach() + second[0].detach(), sdc + second[1]
                 totals += torch.stack([loss.detach(), mmd, sdc])
+            images_finite = torch.stack([torch.isfinite(x).all() for x in state.images]).all()
+            loss_v, mmd_v, sdc_v = (totals / num_classes).tolist()  # one host sync per iteration
+            if not (math.isfinite(loss_v) and bool(images_finite)):
+                what = f"loss became {loss_v}" if not math.isfinite(loss_v) else "images became non-finite"
+                raise TgddError(
+                    f"{s.method}: {what} at iteration {it}; the last good checkpoint is kept "
+                    "(lower distill.lr_img and rerun)"
+                )
             if it % s.log_every == 0 or it == s.iterations - 1:
-                loss_v, mmd_v, sdc_v = (totals / num_classes).tolist()
-                if not math.isfinite(loss_v):
-                    raise TgddError(
-                        f"{s.method}: loss became {loss_v} at iteration {it}; the last good checkpoint is kept "
-                        "(lower distill.lr_img and rerun)"
-                    )
                 state.records.append({"iteration": it, "loss": loss_v, "mmd": mmd_v, "sdc": sdc_v})
             state.iteration += 1
             progress.update()

@@ -17,6 +17,7 @@ TINY = {
     "distill": {"iterations": 4, "log_every": 1},
     "evaluate": {"archs": ["convnet-1-w16"], "runs": 2, "epochs": 2},
     "matrix": {"methods": ["tgdd", "dm", "random"], "ipcs": [1, 2]},
+    "tracking": {"enabled": False},  # tests of tracking turn it on against their own store
 }
 
 

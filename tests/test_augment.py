@@ -85,3 +85,30 @@ def test_cutmix_mixes_a_box_and_reports_its_fraction():
         kept = (mixed[i] == x[i]).float().mean().item()
         if not torch.equal(yb[i : i + 1], y[i : i + 1]):
             assert kept == pytest.approx(lam)
+
+
+@pytest.mark.parametrize("strategy", ["color_crop_cutout", "color_crop_cutout_flip_scale_rotate", "none"])
+def test_per_group_siamese_equals_one_siamese_call_per_group(strategy):
+    """The batched path gives every group exactly what a separate siamese call with its draw gives."""
+    aug = DiffAugment(strategy)
+    groups = 5
+    real = torch.rand(groups * 3, 3, 16, 16)
+    syn = torch.rand(groups * 2, 3, 16, 16)
+    real_groups = torch.arange(groups).repeat_interleave(3)
+    syn_groups = torch.arange(groups).repeat_interleave(2)
+    out_real, out_syn = aug.siamese_per_group((real, syn), (real_groups, syn_groups), groups, gen=_gen(4))
+    reference = _gen(4)
+    draws = [aug.draw(1, reference, real.device) for _ in range(groups)] if aug.enabled else None
+    for g in range(groups):
+        r, s = real[real_groups == g], syn[syn_groups == g]
+        if draws is not None:
+            r, s = draws[g](r), draws[g](s)
+        assert torch.allclose(out_real[real_groups == g], r, atol=1e-6)
+        assert torch.allclose(out_syn[syn_groups == g], s, atol=1e-6)
+
+
+def test_per_group_siamese_passes_gradients():
+    x = torch.rand(6, 1, 8, 8, requires_grad=True)
+    (out,) = DiffAugment("color_crop_cutout").siamese_per_group((x,), (torch.tensor([0, 0, 1, 1, 2, 2]),), 3, _gen())
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

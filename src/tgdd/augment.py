@@ -208,6 +208,36 @@ class DiffAugment:
         drawn = self.draw(1, gen, batches[0].device)
         return tuple(drawn(b, self.params) for b in batches)
 
+    def siamese_per_group(
+        self, batches: tuple[torch.Tensor, ...], groups: tuple[torch.Tensor, ...], num_groups: int, gen: torch.Generator
+    ) -> tuple[torch.Tensor, ...]:
+        """:meth:`siamese` for many groups at once: images of group ``g`` (``groups[b][i] == g``)
+        in every batch share draw ``g``; different groups get independent draws. One call per
+        distinct transform choice instead of one per group (the batched-classes fast path)."""
+        if not self.enabled:
+            return batches
+        device = batches[0].device
+        draws = [self.draw(1, gen, device) for _ in range(num_groups)]
+        by_choice: dict[tuple[str, ...], list[int]] = {}
+        for g, drawn in enumerate(draws):
+            by_choice.setdefault(drawn.transforms, []).append(g)
+        outputs = []
+        for batch, group_of in zip(batches, groups, strict=True):
+            out = batch
+            for names, members in by_choice.items():
+                member_ids = torch.tensor(members, device=device)
+                rows = torch.isin(group_of, member_ids).nonzero().flatten()
+                if len(rows) == 0:
+                    continue
+                # per-image parameters: each image takes its group's draw
+                position = torch.full((num_groups,), -1, dtype=torch.long, device=device)
+                position[member_ids] = torch.arange(len(members), device=device)
+                per_image = position[group_of[rows]]
+                values = tuple(torch.cat([draws[g].values[k] for g in members])[per_image] for k in range(len(names)))
+                out = out.index_copy(0, rows, DrawnAugmentation(names, values)(batch[rows], self.params))
+            outputs.append(out)
+        return tuple(outputs)
+
 
 def cutmix(
     x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, beta: float, gen: torch.Generator

@@ -60,6 +60,7 @@ class DistillConfig(_Strict):
     real_batch: int | None = Field(None, ge=1, description="real images per class per step; null: method default")
     max_syn_per_class: int = Field(200, ge=1, description="decoded synthetic images per class per step")
     dsa_strategy: str = Field("color_crop_cutout", description="siamese augmentation during matching")
+    batched_classes: bool = Field(False, description="all classes in one forward pass: the same update, faster")
     log_every: int = Field(10, ge=1, description="iterations between loss records")
     checkpoint_every: int = Field(100, ge=0, description="iterations between resumable checkpoints (0: never)")
 
@@ -71,6 +72,11 @@ class EvaluateConfig(_Strict):
     protocol: str = Field("tgdd", description="tgdd (SPEC §5) or dc (the older DC/DSA/DM protocol)")
     runs: int = Field(3, ge=1, description="freshly initialised networks per architecture")
     epochs: int | None = Field(None, ge=1, description="null: the protocol's epochs")
+
+
+class TrackingConfig(_Strict):
+    enabled: bool = Field(True, description="log runs to MLflow (MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    experiment: str = Field("tgdd", min_length=1, description="MLflow experiment name (one per project config)")
 
 
 class MatrixConfig(_Strict):
@@ -103,6 +109,7 @@ class Config(_Strict):
     distill: DistillConfig = DistillConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     matrix: MatrixConfig = MatrixConfig()
+    tracking: TrackingConfig = TrackingConfig()
     per_dataset: dict[str, dict[str, Any]] = Field(
         {}, description="partial configs merged in when that data set is selected (e.g. its IPCs, epochs)"
     )

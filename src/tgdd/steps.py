@@ -39,23 +39,49 @@ def experts(cfg: Config) -> list[Path]:
     return [train_experts(cfg, paths.experts_dir(cfg), train, test, device)]
 
 
+def _check_tracking(cfg: Config) -> None:
+    """Fail fast, before any compute, when the MLflow server is unreachable."""
+    if cfg.tracking.enabled:
+        from tgdd.tracking import check_tracking, tracking_uri
+
+        check_tracking(tracking_uri(Path.cwd()))
+
+
 def distill(cfg: Config) -> list[Path]:
     from tgdd.distill import run_distillation
 
-    return [run_distillation(cfg, _device(cfg))]
+    _check_tracking(cfg)
+    syn_path = run_distillation(cfg, _device(cfg))
+    if cfg.tracking.enabled:
+        from tgdd.tracking import log_distillation
+
+        log_distillation(cfg.tracking.experiment, syn_path)
+    return [syn_path]
 
 
 def evaluate(cfg: Config) -> list[Path]:
     from tgdd.evaluate import evaluate_synthetic
 
-    return evaluate_synthetic(cfg, _device(cfg))
+    _check_tracking(cfg)
+    written = evaluate_synthetic(cfg, _device(cfg))
+    if cfg.tracking.enabled:
+        from tgdd.tracking import log_evaluation
+
+        for path in written:
+            log_evaluation(cfg.tracking.experiment, path)
+    return written
 
 
 def report(cfg: Config) -> list[Path]:
     from tgdd.report import write_report
 
+    _check_tracking(cfg)
     written, markdown = write_report(cfg.paths.results / "eval", paths.tables_dir(cfg))
     print(markdown)
+    if cfg.tracking.enabled:
+        from tgdd.tracking import log_report
+
+        log_report(cfg.tracking.experiment, paths.tables_dir(cfg) / "summary.csv")
     return written
 
 
@@ -116,6 +142,8 @@ def pipeline(cfg: Config, dry_run: bool = False) -> list[Path]:
     """The whole matrix in one process, skipping outputs that already exist (a rerun resumes;
     trajectories and checkpoints of interrupted steps are picked up by the steps themselves)."""
     written: list[Path] = []
+    if not dry_run:
+        _check_tracking(cfg)
     for step, step_cfg in plan(cfg):
         if dry_run:
             print(f"would run: {describe(step, step_cfg)}")

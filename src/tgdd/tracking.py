@@ -58,6 +58,10 @@ from tgdd.artifacts import read_json, sha256_file
 from tgdd.config import flatten
 from tgdd.errors import TgddError
 
+# MLflow 3 sends usage telemetry unless told not to; a reproducibility tool should not phone
+# home by default (set MLFLOW_DISABLE_TELEMETRY=false to allow it).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run

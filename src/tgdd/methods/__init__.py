@@ -34,6 +34,7 @@ class DistillSettings:
     real_batch: int
     max_syn_per_class: int
     dsa_strategy: str
+    batched_classes: bool
     log_every: int
     checkpoint_every: int
 

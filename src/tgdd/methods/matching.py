@@ -76,6 +76,17 @@ def synthetic_batch(images: torch.Tensor, settings: DistillSettings, gen: torch.
     return syn
 
 
+def _class_ids(counts: list[int], device: torch.device) -> torch.Tensor:
+    return torch.repeat_interleave(torch.arange(len(counts), device=device), torch.tensor(counts, device=device))
+
+
+def segment_mean(values: torch.Tensor, ids: torch.Tensor, groups: int) -> torch.Tensor:
+    """Mean of the rows of ``values`` per group id: ``[n, d]`` -> ``[groups, d]``."""
+    sums = torch.zeros(groups, values.shape[1], device=values.device, dtype=values.dtype).index_add(0, ids, values)
+    counts = torch.bincount(ids, minlength=groups).clamp(min=1).to(values.dtype)
+    return sums / counts.unsqueeze(1)
+
+
 def sgd_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     """One step on ``loss``; images that get no gradient (other classes) do not move, because
     SGD skips parameters whose gradient is None (momentum included)."""
@@ -133,6 +144,50 @@ class MatchingMethod:
         (DANCE's calibration); returns (weighted loss, unweighted term) or None."""
         return None
 
+    def _per_class_step(
+        self, ctx: DistillContext, state: LoopState, extractor: nn.Module, expert: nn.Module | None,
+        augment: DiffAugment, mean: torch.Tensor, std: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        """SPEC §3 as written: per class, its own batches, augmentation draw and SGD step.
+        Returns the summed (loss, L_MMD, L_SDC) over classes."""
+        s = ctx.settings
+        totals = torch.zeros(3, device=ctx.device)
+        for c, images in enumerate(state.images):
+            real = normalize(ctx.sampler.sample(c, s.real_batch, ctx.gen), mean, std)
+            syn = normalize(synthetic_batch(images, s, ctx.gen), mean, std)
+            real, syn = augment.siamese(real, syn, gen=ctx.gen)
+            loss, mmd, sdc = class_loss(extractor, expert, real, syn, c, s.alpha)
+            sgd_step(state.optimizer, loss)
+            totals += torch.stack([loss.detach(), mmd, sdc])
+        return totals
+
+    def _batched_step(
+        self, ctx: DistillContext, state: LoopState, extractor: nn.Module, expert: nn.Module | None,
+        augment: DiffAugment, mean: torch.Tensor, std: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        """Every class in one forward pass and one step. Exactly the per-class update (each class's
+        loss depends only on its own images, the networks are frozen and have no cross-sample
+        terms in eval mode, and SGD updates each class's tensor on its own); only the order in
+        which random numbers are drawn differs."""
+        s, num_classes = ctx.settings, len(state.images)
+        reals = [ctx.sampler.sample(c, s.real_batch, ctx.gen) for c in range(num_classes)]
+        syns = [synthetic_batch(images, s, ctx.gen) for images in state.images]
+        real_ids = _class_ids([len(r) for r in reals], ctx.device)
+        syn_ids = _class_ids([len(x) for x in syns], ctx.device)
+        real, syn = normalize(torch.cat(reals), mean, std), normalize(torch.cat(syns), mean, std)
+        real, syn = augment.siamese_per_group((real, syn), (real_ids, syn_ids), num_classes, ctx.gen)
+        with torch.no_grad():
+            real_means = segment_mean(extractor.features(real), real_ids, num_classes)
+        mmd = (real_means - segment_mean(extractor.features(syn), syn_ids, num_classes)).pow(2).sum(1)
+        if expert is None or s.alpha == 0:
+            sdc = torch.zeros_like(mmd)
+        else:
+            per_image = F.cross_entropy(expert(syn), syn_ids, reduction="none")
+            sdc = segment_mean(per_image.unsqueeze(1), syn_ids, num_classes).squeeze(1)
+        loss = mmd + s.alpha * sdc
+        sgd_step(state.optimizer, loss.sum())
+        return torch.stack([loss.detach().sum(), mmd.detach().sum(), sdc.detach().sum()])
+
     def initial_state(self, ctx: DistillContext) -> LoopState:
         s, train = ctx.settings, ctx.train
         init = initial_images(ctx.sampler, train.num_classes, s.ipc, s.factor, s.init, ctx.gen).to(ctx.device)
@@ -159,18 +214,13 @@ class MatchingMethod:
             with torch.no_grad():
                 for images in state.images:
                     images.clamp_(0, 1)
-            totals = torch.zeros(3, device=device)
+            step = self._batched_step if s.batched_classes else self._per_class_step
+            totals = step(ctx, state, extractor, expert, augment, mean, std)
             for c, images in enumerate(state.images):
-                real = normalize(ctx.sampler.sample(c, s.real_batch, ctx.gen), mean, std)
-                syn = normalize(synthetic_batch(images, s, ctx.gen), mean, std)
-                real, syn = augment.siamese(real, syn, gen=ctx.gen)
-                loss, mmd, sdc = class_loss(extractor, expert, real, syn, c, s.alpha)
-                sgd_step(state.optimizer, loss)
                 second = self.second_loss(ctx, nets, c, images)
                 if second is not None:
                     sgd_step(state.optimizer, second[0])
-                    loss, sdc = loss.detach() + second[0].detach(), sdc + second[1]
-                totals += torch.stack([loss.detach(), mmd, sdc])
+                    totals += torch.stack([second[0].detach(), torch.zeros_like(second[1]), second[1]])
             images_finite = torch.stack([torch.isfinite(x).all() for x in state.images]).all()
             loss_v, mmd_v, sdc_v = (totals / num_classes).tolist()  # one host sync per iteration
             if not (math.isfinite(loss_v) and bool(images_finite)):

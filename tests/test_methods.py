@@ -74,3 +74,34 @@ def test_explicit_values_win_over_defaults():
     cfg = build_config({}, ["distill.alpha=0.7", "distill.factor=1", "distill.iterations=5"])
     settings = resolve_settings(cfg, get_dataset("digits"))
     assert (settings.alpha, settings.factor, settings.iterations) == (0.7, 1, 5)
+
+
+@pytest.mark.parametrize("method", ["tgdd", "dm", "dance"])
+def test_batched_classes_give_the_per_class_update(method, prepared_root, tmp_path):
+    """With the randomness that differs between the two paths switched off (no augmentation,
+    whole classes as the real batch), batched and per-class distillation agree."""
+    import shutil
+
+    from tgdd import steps
+    from tgdd.synthetic import load_synthetic
+
+    from .conftest import tiny_config
+
+    shutil.copytree(prepared_root / "data", tmp_path / "data")
+    steps.experts(tiny_config(tmp_path))
+    common = [f"distill.method={method}", "distill.ipc=2", "distill.dsa_strategy=none", "distill.real_batch=1000"]
+    per_class = load_synthetic(steps.distill(tiny_config(tmp_path, *common))[0]).images
+    batched = load_synthetic(steps.distill(tiny_config(tmp_path, *common, "distill.batched_classes=true"))[0]).images
+    initial = load_synthetic(steps.distill(tiny_config(tmp_path, *common, "distill.iterations=0"))[0]).images
+    assert (per_class - initial).abs().max() > 1e-3  # the images did move
+    assert torch.allclose(per_class, batched, atol=1e-5)
+
+
+def test_segment_mean_is_the_mean_per_group():
+    from tgdd.methods.matching import segment_mean
+
+    values, ids = torch.randn(7, 3), torch.tensor([0, 2, 2, 0, 1, 2, 0])
+    out = segment_mean(values, ids, 4)
+    for g in range(3):
+        assert torch.allclose(out[g], values[ids == g].mean(0), atol=1e-6)
+    assert torch.equal(out[3], torch.zeros(3))

@@ -142,3 +142,16 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path: Path):
     assert proc.stderr.strip().count("\n") == 0
     assert "unknown config key 'distill.ipcc'" in proc.stderr and "Did you mean 'ipc'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_expert_training_subset_is_class_balanced_and_seeded(prepared_root):
+    from tgdd.data.prepared import load_prepared
+    from tgdd.experts import expert_training_set
+
+    cfg = tiny_config(prepared_root, "experts.train_per_class=7")
+    train = load_prepared(paths.prepared_dir(cfg), "train", "digits")
+    subset = expert_training_set(cfg, train)
+    assert torch.bincount(subset.labels).tolist() == [7] * 10
+    assert torch.equal(subset.images, expert_training_set(cfg, train).images)
+    assert not torch.equal(subset.images, expert_training_set(cfg.with_overrides("seed=1"), train).images)
+    assert expert_training_set(tiny_config(prepared_root), train) is train

@@ -45,6 +45,9 @@ class ExpertsConfig(_Strict):
     cutmix_prob: float = Field(0.5, ge=0, le=1, description="probability of CutMix per expert batch")
     cutmix_beta: float = Field(1.0, gt=0, description="CutMix Beta(beta, beta) parameter")
     checkpoint_every: int = Field(1, ge=0, description="epochs between resumable checkpoints (0: never)")
+    train_per_class: int | None = Field(
+        None, ge=1, description="train experts on this many images per class (seeded; null: all) for CPU budgets"
+    )
 
 
 class DistillConfig(_Strict):

@@ -8,7 +8,7 @@ memory once (:func:`load_trajectories`) and never re-reads snapshots per iterati
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -60,9 +60,24 @@ def expected_identity(cfg: Config, train: PreparedSplit) -> dict:
         "dataset": cfg.dataset,
         "arch": cfg.experts.arch,
         "epochs": cfg.experts.epochs,
+        "train_per_class": cfg.experts.train_per_class,
         "num_classes": train.num_classes,
         "train_sha256": train.sha256,
     }
+
+
+def expert_training_set(cfg: Config, train: PreparedSplit) -> PreparedSplit:
+    """The training split, or a seeded class-balanced subset of it (``experts.train_per_class``)."""
+    per_class = cfg.experts.train_per_class
+    if per_class is None:
+        return train
+    gen = generator(cfg.seed, "expert-subset")
+    keep = []
+    for c in range(train.num_classes):
+        members = torch.nonzero(train.labels == c).flatten()
+        keep.append(members[torch.randperm(len(members), generator=gen)[:per_class]])
+    index = torch.sort(torch.cat(keep)).values
+    return replace(train, images=train.images[index], labels=train.labels[index])
 
 
 def train_trajectory(
@@ -78,6 +93,7 @@ def train_trajectory(
     with seeded_init(derive_seed(cfg.seed, "expert-init", index)):
         model = build_model(cfg.experts.arch, channels, size, train.num_classes).to(device)
     snapshots = [_snapshot(model)]
+    train = expert_training_set(cfg, train)
     resumable = None
     if checkpointer is not None:
         resumable = Resumable(

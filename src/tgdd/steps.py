@@ -76,7 +76,11 @@ def report(cfg: Config) -> list[Path]:
     from tgdd.report import write_report
 
     _check_tracking(cfg)
+    from tgdd.analysis import analyze
+
     written, markdown = write_report(cfg.paths.results / "eval", paths.tables_dir(cfg))
+    for dataset in dict.fromkeys([cfg.dataset, *cfg.matrix.datasets]):
+        written += analyze(cfg.with_overrides(f"dataset={dataset}"))
     print(markdown)
     if cfg.tracking.enabled:
         from tgdd.tracking import log_report

@@ -396,10 +396,10 @@ def _log_report(client: MlflowClient, experiment_id: str, summary_csv: Path) -> 
     tags = {"stage": "report", "summary_sha256": digest, "rows": len(frame)}
     with _new_run(client, experiment_id, "report", tags) as run_id:
         client.log_table(run_id, data=frame, artifact_file="summary.json")
-        client.log_artifact(run_id, str(summary_csv))
-        markdown = summary_csv.with_suffix(".md")
-        if markdown.is_file():
-            client.log_artifact(run_id, str(markdown))
+        # every table and figure the report wrote beside the summary (Markdown, class overlap, t-SNE)
+        for path in sorted(summary_csv.parent.iterdir()):
+            if path.suffix in (".csv", ".md", ".json", ".png") and path.is_file():
+                client.log_artifact(run_id, str(path))
     return run_id
 
 

@@ -1,0 +1,126 @@
+"""GPU check: the CUDA path agrees with the CPU on a tiny case, then how fast it runs.
+
+Run on a machine with a GPU: ``bash benchmarks/gpu_check.sh`` (under 8 minutes). It prints
+everything it measures and writes ``benchmarks/results/gpu_check_<gpu>.md``.
+
+Correctness compares the same computation on both devices with the same inputs and the same
+drawn augmentation parameters (CPU and CUDA generators produce different streams, so whole runs
+are compared in distribution, not bit for bit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from tgdd.augment import DiffAugment, normalize
+from tgdd.methods.matching import class_loss
+from tgdd.models import build_model
+
+
+def _tiny_inputs(seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    real = torch.rand(32, 3, 32, 32, generator=gen)
+    syn = torch.rand(8, 3, 32, 32, generator=gen)
+    return real, syn
+
+
+def check_correctness(device: torch.device) -> list[tuple[str, float, float]]:
+    """(what, max abs difference, tolerance) for forward features, DSA, loss and image gradient."""
+    torch.manual_seed(0)
+    extractor = build_model("convnet-3", 3, 32, 10).eval()
+    expert = build_model("convnet-3", 3, 32, 10).eval()
+    real, syn = _tiny_inputs()
+    mean, std = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.25, 0.25, 0.25])
+    drawn = DiffAugment("color_crop_cutout_scale_rotate", mode="multiple").draw(1, torch.Generator().manual_seed(1), "cpu")
+
+    def run(dev: torch.device):
+        ext, exp = extractor.to(dev), expert.to(dev)
+        s = syn.to(dev).requires_grad_(True)
+        values = tuple(v.to(dev) for v in drawn.values)
+        aug = type(drawn)(drawn.transforms, values)
+        r = aug(normalize(real.to(dev), mean.to(dev), std.to(dev)))
+        a = aug(normalize(s, mean.to(dev), std.to(dev)))
+        loss, _, _ = class_loss(ext, exp, r, a, 3, 2.5)
+        loss.backward()
+        return [x.detach().cpu() for x in (ext.features(r), a, loss, s.grad)]
+
+    cpu, gpu = run(torch.device("cpu")), run(device)
+    names = ["features", "augmented images", "loss", "image gradient"]
+    rows = []
+    for name, a, b in zip(names, cpu, gpu, strict=True):
+        scale = float(a.abs().max()) or 1.0
+        rows.append((name, float((a - b).abs().max()), 1e-3 * scale))
+    return rows
+
+
+def time_iteration(device: torch.device, classes: int, ipc: int, batched: bool, repeats: int = 5) -> float:
+    """Seconds per TGDD-like iteration (real 128 per class, f=2 decoded synthetic) on random data."""
+    extractor = build_model("convnet-3", 3, 32, classes).to(device).eval().requires_grad_(False)
+    expert = build_model("convnet-3", 3, 32, classes).to(device).eval().requires_grad_(False)
+    real = torch.rand(classes, 128, 3, 32, 32, device=device)
+    images = torch.rand(classes, ipc * 4, 3, 32, 32, device=device, requires_grad=True)
+    opt = torch.optim.SGD([images], lr=0.1, momentum=0.5)
+
+    def step():
+        if batched:
+            fr = extractor.features(real.flatten(0, 1)).view(classes, 128, -1).mean(1)
+            fs = extractor.features(images.flatten(0, 1)).view(classes, ipc * 4, -1).mean(1)
+            labels = torch.arange(classes, device=device).repeat_interleave(ipc * 4)
+            loss = (fr - fs).pow(2).sum() + 2.5 * torch.nn.functional.cross_entropy(expert(images.flatten(0, 1)), labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        else:
+            for c in range(classes):
+                loss, _, _ = class_loss(extractor, expert, real[c], images[c], c, 2.5)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to check")
+        return 1
+    device = torch.device("cuda")
+    name = torch.cuda.get_device_name(device)
+    lines = [f"# GPU check: {name}", "", f"torch {torch.__version__}, CUDA {torch.version.cuda}, {platform.node()}", ""]
+    lines += ["## CUDA vs CPU on a tiny case", "", "| quantity | max abs diff | tolerance | ok |", "|---|---|---|---|"]
+    ok = True
+    for what, diff, tol in check_correctness(device):
+        ok &= diff <= tol
+        lines.append(f"| {what} | {diff:.2e} | {tol:.2e} | {'yes' if diff <= tol else 'NO'} |")
+    lines += ["", "## Seconds per iteration (ConvNet-3, 32 px, 128 real/class, f=2)", ""]
+    lines += ["| classes | IPC | per-class | batched | speed-up |", "|---|---|---|---|---|"]
+    for classes, ipc in ((10, 1), (10, 10), (10, 50), (100, 10)):
+        per_class = time_iteration(device, classes, ipc, batched=False)
+        batched = time_iteration(device, classes, ipc, batched=True)
+        lines.append(f"| {classes} | {ipc} | {per_class:.4f} | {batched:.4f} | {per_class / batched:.1f}x |")
+    lines += ["", f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"gpu_check_{name.replace(' ', '_')}.md").write_text(text)
+    return 0 if ok else 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/quick.yaml
 
-.PHONY: setup run test lint format clean
+.PHONY: setup run test lint format generated clean
 
 setup: $(VENV)/.installed
 
@@ -19,17 +19,24 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(BIN)/tgdd pipeline --config $(CONFIG)
 
+LINTED := src tests benchmarks workflow/scripts
+
 ## The whole test suite (what CI runs): lint, format check, tests.
 test: setup
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	@$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 lint: setup
-	$(BIN)/ruff check src tests && $(BIN)/ruff format --check src tests
+	$(BIN)/ruff check $(LINTED) && $(BIN)/ruff format --check $(LINTED)
 
 format: setup
-	$(BIN)/ruff check --fix src tests && $(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix $(LINTED) && $(BIN)/ruff format $(LINTED)
+
+## Regenerate the files derived from the typed config (workflow schema, README key table).
+generated: setup
+	$(BIN)/python workflow/scripts/write_schema.py
+	$(BIN)/python -m tgdd.docs
 
 clean:
 	rm -rf results/experts results/synthetic results/eval results/tables data/prepared

@@ -36,7 +36,9 @@ def check_correctness(device: torch.device) -> list[tuple[str, float, float]]:
     expert = build_model("convnet-3", 3, 32, 10).eval()
     real, syn = _tiny_inputs()
     mean, std = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.25, 0.25, 0.25])
-    drawn = DiffAugment("color_crop_cutout_scale_rotate", mode="multiple").draw(1, torch.Generator().manual_seed(1), "cpu")
+    drawn = DiffAugment("color_crop_cutout_scale_rotate", mode="multiple").draw(
+        1, torch.Generator().manual_seed(1), "cpu"
+    )
 
     def run(dev: torch.device):
         ext, exp = extractor.to(dev), expert.to(dev)
@@ -71,7 +73,9 @@ def time_iteration(device: torch.device, classes: int, ipc: int, batched: bool, 
             fr = extractor.features(real.flatten(0, 1)).view(classes, 128, -1).mean(1)
             fs = extractor.features(images.flatten(0, 1)).view(classes, ipc * 4, -1).mean(1)
             labels = torch.arange(classes, device=device).repeat_interleave(ipc * 4)
-            loss = (fr - fs).pow(2).sum() + 2.5 * torch.nn.functional.cross_entropy(expert(images.flatten(0, 1)), labels)
+            loss = (fr - fs).pow(2).sum() + 2.5 * torch.nn.functional.cross_entropy(
+                expert(images.flatten(0, 1)), labels
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()

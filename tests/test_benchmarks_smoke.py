@@ -1,0 +1,91 @@
+"""benchmarks/speed.py: its FLOP counter against hand computations, and the quick run end to end."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from torch import nn
+
+from tgdd.models import build_model
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+
+
+@pytest.fixture(scope="module")
+def speed() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("benchmark_speed", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_flops_of_a_single_conv(speed):
+    conv = nn.Conv2d(3, 16, kernel_size=5, stride=2, padding=1)
+    # output 15 x 15: N * Cout * Hout * Wout * Cin * k * k
+    assert speed.count_macs(conv, (4, 3, 32, 32)) == 4 * 16 * 15 * 15 * 3 * 5 * 5
+    assert speed.count_flops(conv, (4, 3, 32, 32)) == 2 * 4 * 16 * 15 * 15 * 3 * 5 * 5
+    grouped = nn.Conv2d(8, 16, kernel_size=3, padding=1, groups=4)
+    assert speed.count_macs(grouped, (2, 8, 10, 10)) == 2 * 16 * 10 * 10 * (8 // 4) * 3 * 3
+
+
+def test_flops_of_convnet3_at_32px(speed):
+    model = build_model("convnet-3", 3, 32, 10)
+    conv1 = 32 * 32 * 128 * 3 * 9
+    conv2 = 16 * 16 * 128 * 128 * 9
+    conv3 = 8 * 8 * 128 * 128 * 9
+    linear = 2048 * 10
+    assert speed.count_macs(model, (2, 3, 32, 32)) == 2 * (conv1 + conv2 + conv3 + linear)
+    assert speed.count_macs(model, (2, 3, 32, 32), call="features") == 2 * (conv1 + conv2 + conv3)
+    # 28 px single-channel input is padded by 3 and acts as 32 px (SPEC §4)
+    fashion = build_model("convnet-3", 1, 28, 10)
+    assert speed.count_macs(fashion, (1, 1, 28, 28)) == 32 * 32 * 128 * 9 + conv2 + conv3 + linear
+
+
+def test_iteration_flops_by_hand(speed):
+    """Per class: real batch forward through the features; synthetic batch forward + input gradient through
+    the features and through the whole expert. The batched path does the same work."""
+    model = build_model("convnet-3", 3, 32, 10)
+    shape = (1, 3, 32, 32)
+    features, forward = speed.layer_calls(model, shape, "features"), speed.layer_calls(model, shape, "forward")
+    f = 32 * 32 * 128 * 3 * 9 + 16 * 16 * 128 * 128 * 9 + 8 * 8 * 128 * 128 * 9
+    full = f + 2048 * 10
+    expected = 10 * 2 * (128 * f + 40 * 2 * f + 40 * 2 * full)
+    for batched in (False, True):
+        work = speed.distill_work(features, forward, real=128, syn=40, classes=10, batched=batched)
+        assert sum(w.flops for w in work) == expected
+    # a training step: forward, weight gradients, input gradients except the first layer's
+    step = speed.training_work(forward, [64])
+    assert sum(w.flops for w in step) == 2 * 64 * (3 * full - 32 * 32 * 128 * 3 * 9)
+
+
+@pytest.mark.slow
+def test_quick_run_writes_report(tmp_path, speed):
+    out = tmp_path / "results"
+    command = [sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--threads", "1", "--device", "cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    markdown = (out / "speed_cpu.md").read_text()
+    for heading in ("## Headline", "## 4. Levers", "## 5. Where the time goes", "## 6. How time grows"):
+        assert heading in markdown
+    assert "achieved / attainable" in markdown and "self CPU" in markdown
+    with (out / "speed_cpu.csv").open() as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames or ()) == speed.CSV_COLUMNS
+        rows = list(reader)
+    sections = {r["section"] for r in rows}
+    assert sections == {"distillation", "training"}
+    assert {r["path"] for r in rows} >= {"per-class", "batched"}
+    numeric = ("seconds_per_unit", "units_per_s", "gflop_per_unit", "achieved_gflops", "attainable_gflops")
+    for row in rows:
+        for column in (*numeric, "achieved_over_attainable"):
+            assert float(row[column]) > 0, (row["name"], column)
+        if row["section"] == "distillation":
+            assert float(row["peak_mem_mib"]) > 0, row["name"]

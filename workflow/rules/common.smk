@@ -1,0 +1,313 @@
+# Shared by every rule file: the tgdd config this run uses, the experiment matrix, the
+# artifact paths (all from tgdd.paths, the one source of truth) and the resource rules.
+#
+# The workflow has no settings of its own: everything comes from ONE tgdd config file (the
+# `configfile:` default or the last --configfile), which every rule passes to the `tgdd` CLI
+# with the job's wildcards as key=value overrides. Cluster settings (partition, account, GPUs)
+# live in the profiles (slurm/, slurm-ci/), never in the config, whose keys tgdd validates strictly.
+
+import json
+import math
+import re
+import shlex
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from tgdd import paths
+from tgdd.config import load_config
+from tgdd.data.registry import get_dataset
+from tgdd.errors import TgddError
+from tgdd.evaluate import PROTOCOLS
+from tgdd.methods import METHODS
+
+
+# ---------------------------------------------------------------------------------------------
+# The config file.
+# `workflow.overwrite_configfiles` holds the --configfile arguments (absolute paths; also what
+# SLURM jobs receive); without one, the `configfile:` default of the Snakefile applies.
+# Snakemake merges every config it loads, tgdd reads exactly one file: so accept exactly one
+# and refuse --config key=value, which tgdd would never see.
+# ---------------------------------------------------------------------------------------------
+DEFAULT_CONFIGFILE = "config/config.yaml"
+
+if len(workflow.overwrite_configfiles) > 1:
+    raise WorkflowError(
+        "tgdd reads one config file: pass a single --configfile "
+        f"(got {', '.join(map(str, workflow.overwrite_configfiles))})"
+    )
+if workflow.config_settings.config:
+    raise WorkflowError(
+        "--config key=value is not passed to tgdd: put the settings into a config file and use "
+        "--configfile FILE (`tgdd config --config FILE key=value ...` prints a resolved one)"
+    )
+CONFIGFILE = str(workflow.overwrite_configfiles[-1] if workflow.overwrite_configfiles else DEFAULT_CONFIGFILE)
+
+# Structural check against the schema generated from tgdd.config.Config ...
+validate(yaml.safe_load(Path(CONFIGFILE).read_text()) or {}, "../schemas/config.schema.json")
+
+
+# ... and the full check (names of data sets, models, methods; per_dataset) by tgdd itself.
+def _load(overrides=()):
+    try:
+        return load_config(Path(CONFIGFILE), list(overrides))
+    except TgddError as exc:
+        raise WorkflowError(f"{CONFIGFILE} {' '.join(overrides)}: {exc}") from None
+
+
+BASE = _load()
+
+
+# ---------------------------------------------------------------------------------------------
+# One job = one cell of the matrix = one Config: the config file plus the job's wildcards as
+# overrides, built exactly as `tgdd STEP --config FILE overrides` builds it (per_dataset
+# included). Every wildcard name stands for one config key.
+# ---------------------------------------------------------------------------------------------
+WILDCARD_KEYS = {  # wildcard -> config key, in the order the overrides are passed
+    "dataset": "dataset",
+    "seed": "seed",
+    "experts_arch": "experts.arch",
+    "method": "distill.method",
+    "ipc": "distill.ipc",
+    "protocol": "evaluate.protocol",
+    "arch": "evaluate.archs",
+}
+
+
+def overrides(**wildcards):
+    items = []
+    for name, key in WILDCARD_KEYS.items():
+        if name in wildcards:
+            value = wildcards[name]
+            items.append(f"{key}=[{value}]" if name == "arch" else f"{key}={value}")
+    return tuple(items)
+
+
+@lru_cache(maxsize=None)
+def _cell(items):
+    return _load(items)
+
+
+def cell(**wildcards):
+    """The Config of one job (also accepts a Snakemake wildcards object's items)."""
+    return _cell(overrides(**{k: str(v) for k, v in wildcards.items()}))
+
+
+def job_config(wildcards):
+    return cell(**dict(wildcards.items()))
+
+
+def shell_overrides(wildcards):
+    """The overrides of a job, shell-quoted, for the `tgdd` command line."""
+    return " ".join(shlex.quote(item) for item in overrides(**dict(wildcards.items())))
+
+
+def dataset_config(dataset):
+    return cell(dataset=dataset)
+
+
+# The matrix, data set by data set (per_dataset may give each its own methods, IPCs, archs).
+DATASETS = list(BASE.matrix.datasets)
+CELLS = [  # (dataset, seed, method, ipc)
+    (d, s, m, i)
+    for d in DATASETS
+    for s in dataset_config(d).matrix.seeds
+    for m in dataset_config(d).matrix.methods
+    for i in dataset_config(d).matrix.ipcs
+]
+
+
+def needs_trajectories(method):
+    return METHODS.get(method).needs_trajectories
+
+
+def _alternatives(names):
+    return "|".join(sorted({re.escape(str(n)) for n in names}))
+
+
+wildcard_constraints:
+    dataset=_alternatives(DATASETS),
+    seed=r"\d+",
+    experts_arch=_alternatives(dataset_config(d).experts.arch for d in DATASETS),
+    method=_alternatives(m for _, _, m, _ in CELLS),
+    ipc=r"\d+",
+    protocol=_alternatives(PROTOCOLS.names()),
+    arch=_alternatives(a for d in DATASETS for a in dataset_config(d).evaluate.archs),
+
+
+# ---------------------------------------------------------------------------------------------
+# The tgdd command: the one installed next to the Python that runs Snakemake (and imported
+# tgdd above), so the workflow and the CLI are the same code even without an activated venv.
+# ---------------------------------------------------------------------------------------------
+_tgdd_next_to_python = Path(sys.executable).with_name("tgdd")
+TGDD = shlex.quote(str(_tgdd_next_to_python)) if _tgdd_next_to_python.is_file() else "tgdd"
+TGDD_CONFIG = f"--config {shlex.quote(CONFIGFILE)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths. Rule outputs need wildcard patterns: tgdd.paths applied to a copy of the config whose
+# wildcard fields hold "{dataset}", "{method}", ... (model_copy skips validation). Inputs and
+# targets are computed from the real Config of each job and checked against the patterns, so
+# a change in tgdd.paths cannot make the workflow and the CLI disagree silently.
+# ---------------------------------------------------------------------------------------------
+_P = BASE.model_copy(
+    update={
+        "dataset": "{dataset}",
+        "seed": "{seed}",
+        "experts": BASE.experts.model_copy(update={"arch": "{experts_arch}"}),
+        "distill": BASE.distill.model_copy(update={"method": "{method}", "ipc": "{ipc}"}),
+        "evaluate": BASE.evaluate.model_copy(update={"protocol": "{protocol}"}),
+    }
+)
+PREPARED_DIR = str(paths.prepared_dir(_P))
+EXPERTS_DIR = str(paths.experts_dir(_P))
+SYNTHETIC_DIR = str(paths.synthetic_dir(_P))
+SYNTHETIC = str(paths.synthetic_file(_P))
+EVALUATION = str(paths.evaluation_file(_P, "{arch}"))
+TABLES_DIR = str(paths.tables_dir(BASE))
+TABLES = {name: f"{TABLES_DIR}/{name}" for name in ("summary.csv", "summary.md", "published_comparison.md", "metrics.json")}
+
+
+def _checked(pattern, actual, **wildcards):
+    expected = pattern.format(**wildcards)
+    if expected != str(actual):
+        raise WorkflowError(f"workflow path {expected} differs from tgdd.paths ({actual}): fix workflow/rules/common.smk")
+    return expected
+
+
+def prepared_manifest(cfg):
+    return _checked(f"{PREPARED_DIR}/manifest.json", paths.prepared_dir(cfg) / "manifest.json", dataset=cfg.dataset)
+
+
+def experts_manifest(cfg):
+    return _checked(
+        f"{EXPERTS_DIR}/manifest.json",
+        paths.experts_dir(cfg) / "manifest.json",
+        dataset=cfg.dataset,
+        seed=cfg.seed,
+        experts_arch=cfg.experts.arch,
+    )
+
+
+def synthetic_file(cfg):
+    d = cfg.distill
+    return _checked(SYNTHETIC, paths.synthetic_file(cfg), dataset=cfg.dataset, seed=cfg.seed, method=d.method, ipc=d.ipc)
+
+
+def evaluation_file(cfg, arch):
+    d = cfg.distill
+    return _checked(
+        EVALUATION,
+        paths.evaluation_file(cfg, arch),
+        dataset=cfg.dataset,
+        seed=cfg.seed,
+        method=d.method,
+        ipc=d.ipc,
+        protocol=cfg.evaluate.protocol,
+        arch=arch,
+    )
+
+
+# Inputs of a job, from its real Config.
+def distill_inputs(wildcards):
+    """The prepared data, plus the expert trajectories for methods that match them."""
+    cfg = job_config(wildcards)
+    inputs = {"prepared": prepared_manifest(cfg)}
+    if needs_trajectories(cfg.distill.method):
+        inputs["experts"] = experts_manifest(cfg)
+    return inputs
+
+
+def evaluate_inputs(wildcards):
+    cfg = job_config(wildcards)
+    return {"synthetic": synthetic_file(cfg), "prepared": prepared_manifest(cfg)}
+
+
+# Targets.
+def prepared_targets():
+    return [prepared_manifest(dataset_config(d)) for d in DATASETS]
+
+
+def expert_targets():
+    return list(
+        dict.fromkeys(experts_manifest(cell(dataset=d, seed=s)) for d, s, m, _ in CELLS if needs_trajectories(m))
+    )
+
+
+def distill_targets():
+    return [synthetic_file(cell(dataset=d, seed=s, method=m, ipc=i)) for d, s, m, i in CELLS]
+
+
+def evaluation_targets():
+    targets = []
+    for d, s, m, i in CELLS:
+        for arch in cell(dataset=d, seed=s, method=m, ipc=i).evaluate.archs:
+            targets.append(evaluation_file(cell(dataset=d, seed=s, method=m, ipc=i, arch=arch), arch))
+    return targets
+
+
+def report_targets():
+    _checked(TABLES["summary.csv"], paths.tables_dir(BASE) / "summary.csv")
+    return list(TABLES.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Rerun triggers: each rule declares the config section its step reads as `params` (those of
+# the job's own Config, per_dataset applied), so Snakemake's default `params` rerun trigger
+# redoes exactly the jobs whose settings changed in the config file. The keys a wildcard sets
+# are left out (they are in the paths already).
+# ---------------------------------------------------------------------------------------------
+def section(name, *drop):
+    def value(wildcards):
+        values = getattr(job_config(wildcards), name).model_dump(mode="json")
+        for key in drop:
+            values.pop(key, None)
+        return json.dumps(values, sort_keys=True)
+
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Resources. Threads: the config's torch threads (Snakemake caps them at --cores, and each rule
+# hands the granted number back to tgdd as threads=N; on SLURM they are --cpus-per-task).
+# Runtime and memory grow with the data set (a per-data-set factor for runtime, the image
+# volume for memory) and with each retry. GPUs are requested by the SLURM profile
+# (set-resources), not here.
+# ---------------------------------------------------------------------------------------------
+def threads_for(wildcards):
+    return dataset_config(wildcards.dataset).threads or 1
+
+
+RUNTIME_FACTOR = {  # relative to digits; the 128 px ImageNet subsets and unknown sets: the default
+    "digits": 1,
+    "mnist": 4,
+    "fashion_mnist": 4,
+    "svhn": 6,
+    "cifar10": 6,
+    "cifar100": 10,
+    "tinyimagenet": 24,
+}
+DEFAULT_RUNTIME_FACTOR = 16
+BASE_RUNTIME_MIN = {"prepare": 10, "experts": 60, "distill": 60, "evaluate": 30, "report": 10}
+BASE_MEM_MB = {"prepare": 2000, "experts": 4000, "distill": 4000, "evaluate": 4000, "report": 1000}
+
+
+def runtime_factor(dataset):
+    return RUNTIME_FACTOR.get(dataset, DEFAULT_RUNTIME_FACTOR)
+
+
+def memory_factor(dataset):
+    spec = get_dataset(dataset)
+    return max(1, math.ceil(spec.image_size**2 * spec.channels / (32 * 32 * 3)))
+
+
+def runtime_min(step):
+    return lambda wildcards, attempt: BASE_RUNTIME_MIN[step] * runtime_factor(wildcards.dataset) * attempt
+
+
+def mem_mb(step):
+    return lambda wildcards, attempt: BASE_MEM_MB[step] * memory_factor(wildcards.dataset) * attempt

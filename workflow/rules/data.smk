@@ -1,0 +1,21 @@
+# Prepared data: one job per data set of matrix.datasets.
+
+
+rule tgdd_prepare:
+    output:
+        train=f"{PREPARED_DIR}/train.pt",
+        test=f"{PREPARED_DIR}/test.pt",
+        manifest=f"{PREPARED_DIR}/manifest.json",
+    params:
+        overrides=shell_overrides,
+        data=section("data"),
+    log:
+        "logs/tgdd_prepare/{dataset}.log",
+    benchmark:
+        "logs/benchmarks/tgdd_prepare/{dataset}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem_mb("prepare"),
+        runtime=runtime_min("prepare"),
+    shell:
+        "{TGDD} prepare {TGDD_CONFIG} {params.overrides} > {log} 2>&1"

@@ -1,0 +1,29 @@
+# Synthetic sets: one job per (data set, method, IPC, seed).
+
+
+rule tgdd_distill:
+    input:
+        unpack(distill_inputs),
+    output:
+        synthetic=SYNTHETIC,
+        losses=f"{SYNTHETIC_DIR}/losses.csv",
+        grid=report(
+            f"{SYNTHETIC_DIR}/grid.png",
+            caption="../report/grid.rst",
+            category="Synthetic images",
+            subcategory="{dataset}",
+            labels={"method": "{method}", "IPC": "{ipc}", "seed": "{seed}"},
+        ),
+    params:
+        overrides=shell_overrides,
+        distill=section("distill", "method", "ipc"),
+    log:
+        "logs/tgdd_distill/{dataset}/{method}/ipc{ipc}/seed{seed}.log",
+    benchmark:
+        "logs/benchmarks/tgdd_distill/{dataset}/{method}/ipc{ipc}/seed{seed}.tsv"
+    threads: threads_for
+    resources:
+        mem_mb=mem_mb("distill"),
+        runtime=runtime_min("distill"),
+    shell:
+        "{TGDD} distill {TGDD_CONFIG} {params.overrides} threads={threads} > {log} 2>&1"

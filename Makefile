@@ -2,7 +2,7 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-CONFIG ?= config/quick.yaml
+CONFIG ?= config/config.yaml
 
 .PHONY: setup run test lint format generated clean
 

@@ -59,7 +59,7 @@ from tgdd.methods import DistillContext, resolve_settings
 from tgdd.methods.matching import TGDD, sample_stages
 from tgdd.models import build_model
 from tgdd.runtime import generator, numpy_rng, resolve_device, seeded_init
-from tgdd.train import train_classifier
+from tgdd.train import TrainSettings, train_classifier
 
 REAL_PER_CLASS = 128  # images per class of the fake training split (= TGDD's real batch per class)
 PAPER_TRAJECTORIES, PAPER_EPOCHS = 5, 60  # SPEC §2: what a real run holds in memory
@@ -90,6 +90,7 @@ class Setting:
     from_disk: bool = False  # re-read the trajectory file every iteration (the public code's way)
     threads: int = 0  # torch threads of this setting's process (0: the run's)
     omp_passive: bool = False  # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning
+    repeat: bool = False  # the baseline measured again after the levers, to show the drift between them
     timed: int = 3  # timed iterations, after one warm-up iteration
     sample_classes: int = 0  # > 0: time this many class steps (after one warm-up class) and extrapolate
 
@@ -109,7 +110,7 @@ class Setting:
             return "OMP_WAIT_POLICY=PASSIVE"
         if self.threads:
             return f"{self.threads} thread{'s' if self.threads > 1 else ''}"
-        return "none"
+        return "none (repeat: drift check)" if self.repeat else "none"
 
     def timing(self, num_classes: int) -> str:
         if self.sample_classes:
@@ -149,12 +150,13 @@ def full_plan() -> Plan:
         settings=(
             Setting("fmnist-ipc1", FM, arch, 1),
             Setting("fmnist-ipc10", FM, arch, 10),
+            Setting("fmnist-ipc10-batched", FM, arch, 10, batched=True, timed=2),
+            Setting("fmnist-ipc10-channels-last", FM, arch, 10, channels_last=True, timed=2),
+            Setting("fmnist-ipc10-disk", FM, arch, 10, from_disk=True, timed=2),
+            Setting("fmnist-ipc10-omp-passive", FM, arch, 10, omp_passive=True, timed=2),
+            Setting("fmnist-ipc10-1-thread", FM, arch, 10, threads=1, timed=2),
+            Setting("fmnist-ipc10-repeat", FM, arch, 10, repeat=True, timed=2),
             Setting("fmnist-ipc50", FM, arch, 50, timed=2),
-            Setting("fmnist-ipc10-batched", FM, arch, 10, batched=True),
-            Setting("fmnist-ipc10-channels-last", FM, arch, 10, channels_last=True),
-            Setting("fmnist-ipc10-disk", FM, arch, 10, from_disk=True),
-            Setting("fmnist-ipc10-omp-passive", FM, arch, 10, omp_passive=True),
-            Setting("fmnist-ipc10-1-thread", FM, arch, 10, threads=1),
             Setting("cifar10-ipc10", "cifar10", arch, 10, timed=2),
             Setting("cifar100-ipc10", "cifar100", arch, 10, sample_classes=8),
             Setting("tinyimagenet-ipc10", "tinyimagenet", "convnet-4", 10, sample_classes=4),
@@ -170,15 +172,13 @@ def full_plan() -> Plan:
 
 
 def quick_plan() -> Plan:
-    """A smoke test (CI): width 32, two timed iterations, every code path once."""
+    """A smoke test (CI): width 32, two timed iterations, per-class and batched paths, class-step timing."""
     arch = "convnet-3-w32"
     return Plan(
         settings=(
             Setting("fmnist-ipc1", FM, arch, 1, timed=2),
             Setting("fmnist-ipc10", FM, arch, 10, timed=2),
             Setting("fmnist-ipc10-batched", FM, arch, 10, batched=True, timed=2),
-            Setting("fmnist-ipc10-channels-last", FM, arch, 10, channels_last=True, timed=1),
-            Setting("fmnist-ipc10-disk", FM, arch, 10, from_disk=True, timed=1),
             Setting("cifar100-ipc10", "cifar100", arch, 10, sample_classes=2),
         ),
         train_tasks=(
@@ -378,12 +378,13 @@ def time_conv(key: ConvKey, device: torch.device, min_seconds: float) -> float:
     """Median seconds of one pass of a conv shape: ``fwd`` (no autograd), ``bwd_in`` (input gradient of a
     leaf input, frozen weights, as in distillation) or ``bwd_w`` (weight and bias gradients, as in training)."""
     spec, batch, channels_last, kind = key
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     conv = nn.Conv2d(
         spec.in_channels, spec.out_channels, spec.kernel, spec.stride, spec.padding, spec.dilation,
         spec.groups, bias=spec.bias,
-    ).to(device=device, memory_format=fmt)  # fmt: skip
-    x = torch.randn(batch, spec.in_channels, spec.height, spec.width, device=device).contiguous(memory_format=fmt)
+    ).to(device=device, memory_format=layout)  # fmt: skip
+    x = torch.randn(batch, spec.in_channels, spec.height, spec.width, device=device)
+    x = x.contiguous(memory_format=layout)
     if kind == "fwd":
 
         def call() -> object:
@@ -403,13 +404,29 @@ def time_conv(key: ConvKey, device: torch.device, min_seconds: float) -> float:
 
 
 def benchmark_convs(keys: set[ConvKey], device: torch.device, min_seconds: float) -> dict[ConvKey, float]:
-    """Every distinct conv shape and pass of the run, timed."""
+    """Every distinct conv shape and pass in ``keys``, timed."""
     ordered = sorted(keys, key=lambda k: (k[2], repr(k[0]), k[1], PASSES.index(k[3])))
+    return {key: time_conv(key, device, min_seconds) for key in ordered}
+
+
+def measure_attainable(
+    work: Sequence[Work], channels_last: bool, device: torch.device, min_seconds: float
+) -> dict[str, Any]:
+    """Time the conv shapes of ``work`` in this process (same threads, wait policy and, as nearly as can be,
+    the same machine load as the configuration's own timing) and return its attainable conv time."""
+    times = benchmark_convs(conv_keys(work, channels_last), device, min_seconds)
+    return {
+        "attainable_seconds": attainable_seconds(work, times, channels_last),
+        "conv_times": [[asdict(spec), batch, layout, kind, t] for (spec, batch, layout, kind), t in times.items()],
+    }
+
+
+def conv_times_from_json(items: list[list[Any]]) -> dict[ConvKey, float]:
+    """The inverse of ``measure_attainable``'s ``conv_times`` (JSON turns tuples into lists)."""
     times = {}
-    for i, key in enumerate(ordered, 1):
-        times[key] = time_conv(key, device, min_seconds)
-        if i % 10 == 0 or i == len(ordered):
-            log(f"conv microbenchmark: {i}/{len(ordered)} shapes")
+    for spec, batch, layout, kind, seconds in items:
+        conv = ConvSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+        times[(conv, batch, layout, kind)] = seconds
     return times
 
 
@@ -507,7 +524,7 @@ class Clock:
     """Wall-clock stamps of one distillation run. It stands in for the checkpointer (``run`` calls
     ``after_iteration`` after every iteration and resumes nothing), and the sampler reports to it the start
     of every class step; with ``stop_after`` it ends the run after that many class starts, and with a
-    ``profiler`` it profiles iteration ``profile_iteration`` (0-based)."""
+    ``profiler`` it profiles iteration ``profile_iteration`` (0-based), calling ``before_profile`` first."""
 
     resume_blob = None
 
@@ -517,9 +534,10 @@ class Clock:
         stop_after: int | None = None,
         profiler: torch.profiler.profile | None = None,
         profile_iteration: int = -1,
+        before_profile: Callable[[], None] | None = None,
     ) -> None:
         self.device, self.stop_after = device, stop_after
-        self.profiler, self.profile_iteration = profiler, profile_iteration
+        self.profiler, self.profile_iteration, self.before_profile = profiler, profile_iteration, before_profile
         self.iteration_ends: list[float] = []
         self.class_starts: list[float] = []
 
@@ -527,6 +545,8 @@ class Clock:
         """``iteration`` is the number of finished iterations."""
         self.iteration_ends.append(now(self.device))
         if self.profiler is not None and iteration == self.profile_iteration:
+            if self.before_profile is not None:
+                self.before_profile()
             self.profiler.start()
         elif self.profiler is not None and iteration == self.profile_iteration + 1:
             self.profiler.stop()
@@ -609,9 +629,12 @@ def diffs(stamps: Sequence[float]) -> list[float]:
     return [b - a for a, b in itertools.pairwise(stamps)]
 
 
-def distill_worker(setting: Setting, device: torch.device, profile: bool = False) -> dict[str, Any]:
-    """Time ``TGDD().run`` on one setting and measure its peak memory (run in a fresh process). With
-    ``profile``, one more iteration runs under torch.profiler after the timed ones (not timed itself)."""
+def distill_worker(
+    setting: Setting, device: torch.device, bench_seconds: float, profile: bool = False
+) -> dict[str, Any]:
+    """Time ``TGDD().run`` on one setting, measure its peak memory, then time its conv shapes alone (run in a
+    fresh process). With ``profile``, one more iteration runs under torch.profiler after the timed ones
+    (neither timed nor in the peak memory)."""
     if profile and setting.sample_classes:
         raise ValueError("profile a setting that runs whole iterations")
     spec = get_dataset(setting.dataset)
@@ -619,7 +642,8 @@ def distill_worker(setting: Setting, device: torch.device, profile: bool = False
     stop = setting.sample_classes + 2 if setting.sample_classes else None  # warm-up class, K classes, next start
     timed_end = 1 + setting.timed  # iterations 0 (warm-up) .. timed
     profiler = make_profiler(device) if profile else None
-    clock = Clock(device, stop_after=stop, profiler=profiler, profile_iteration=timed_end)
+    peaks: list[float] = []  # the peak memory before the profiled iteration
+    clock = Clock(device, stop, profiler, timed_end, before_profile=lambda: peaks.append(memory.extra_peak_mib()))
     sampler = TimedSampler(train, device, clock, channels_last=setting.channels_last)
     memory = MemoryMeter(device)  # baseline: imports and data
     trajectories = fake_trajectories(setting.arch, spec, device)
@@ -643,6 +667,8 @@ def distill_worker(setting: Setting, device: torch.device, profile: bool = False
         method = make_method(setting, spec, Path(tmp))
         with contextlib.suppress(EnoughClasses):
             method.run(ctx)
+        peak_mib = peaks[0] if peaks else memory.extra_peak_mib()
+        load_end = os.getloadavg()[0]
         if isinstance(method, DiskTGDD):
             extra["disk_load_seconds"] = time_torch_load(method.files[0])
             extra["disk_file_mib"] = method.files[0].stat().st_size / MIB
@@ -654,12 +680,13 @@ def distill_worker(setting: Setting, device: torch.device, profile: bool = False
     if profiler is not None:
         extra["profile"] = summarise_profile(profiler)
         extra["profile"]["iteration_seconds"] = clock.iteration_ends[timed_end] - clock.iteration_ends[timed_end - 1]
+    extra |= measure_attainable(analyse_setting(setting).work, setting.channels_last, device, bench_seconds)
     return {
         "seconds": seconds,
-        "peak_mib": memory.extra_peak_mib(),
+        "peak_mib": peak_mib,
         "memory_method": memory.method,
         "load_start": load_start,
-        "load_end": os.getloadavg()[0],
+        "load_end": load_end,
         **extra,
     }
 
@@ -715,15 +742,14 @@ def summarise_profile(profiler: torch.profiler.profile) -> dict[str, Any]:
     }
 
 
-def train_worker(task: TrainTask, device: torch.device) -> dict[str, Any]:
-    """Time expert-training steps or evaluation-training epochs through ``train_classifier``."""
+def train_worker(task: TrainTask, device: torch.device, bench_seconds: float) -> dict[str, Any]:
+    """Time expert-training steps or evaluation-training epochs through ``train_classifier``, then their
+    conv shapes alone."""
     spec = get_dataset(task.dataset)
-    cfg = build_config({"dataset": task.dataset, "experts": {"arch": task.arch}, "tracking": {"enabled": False}})
+    settings = train_settings(task)
     if task.kind == "expert":
-        settings = expert_settings(cfg)
         images_count = settings.batch_size * task.units
     else:
-        settings = protocol_settings(cfg)
         images_count = spec.num_classes * task.ipc * task.factor**2
     gen = torch.Generator().manual_seed(0)
     shape = (images_count, spec.channels, spec.image_size, spec.image_size)
@@ -750,15 +776,17 @@ def train_worker(task: TrainTask, device: torch.device) -> dict[str, Any]:
     else:
         train(images_count, 1)  # warm-up: one epoch
         seconds = [train(images_count, task.units) / task.units]
+    peak_mib, load_end = memory.extra_peak_mib(), os.getloadavg()[0]
     return {
         "seconds": seconds,
-        "peak_mib": memory.extra_peak_mib(),
+        "peak_mib": peak_mib,
         "load_start": load_start,
-        "load_end": os.getloadavg()[0],
+        "load_end": load_end,
         "batch_size": settings.batch_size,
         "images": images_count,
         "augment": settings.augment,
         "cutmix_prob": settings.cutmix_prob,
+        **measure_attainable(analyse_task(task).work, False, device, bench_seconds),
     }
 
 
@@ -766,7 +794,7 @@ def train_worker(task: TrainTask, device: torch.device) -> dict[str, Any]:
 # Running workers in subprocesses
 
 
-def run_worker(kind: str, task: Setting | TrainTask, device: torch.device, threads: int, timeout: float) -> dict:
+def run_worker(kind: str, task: Setting | TrainTask, device: torch.device, threads: int, plan: Plan) -> dict:
     """Run one measurement in a fresh Python process (so its peak memory is its own) and return its result."""
     env = dict(os.environ)
     if isinstance(task, Setting):
@@ -775,23 +803,23 @@ def run_worker(kind: str, task: Setting | TrainTask, device: torch.device, threa
             env["OMP_WAIT_POLICY"] = "PASSIVE"
     command = [
         sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--task", json.dumps(asdict(task)),
-        "--device", str(device), "--threads", str(threads),
+        "--device", str(device), "--threads", str(threads), "--bench-seconds", str(plan.bench_seconds),
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=plan.worker_timeout, check=False, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"worker {kind} {task.name} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
     return json.loads(lines[-1].removeprefix(RESULT_PREFIX))
 
 
-def worker_main(kind: str, task_json: str, device: torch.device) -> dict[str, Any]:
+def worker_main(kind: str, task_json: str, device: torch.device, bench_seconds: float) -> dict[str, Any]:
     blob = json.loads(task_json)
     if kind == "distill":
-        return distill_worker(Setting(**blob), device)
+        return distill_worker(Setting(**blob), device, bench_seconds)
     if kind == "profile":
-        return distill_worker(Setting(**blob), device, profile=True)
+        return distill_worker(Setting(**blob), device, bench_seconds, profile=True)
     if kind == "train":
-        return train_worker(TrainTask(**blob), device)
+        return train_worker(TrainTask(**blob), device, bench_seconds)
     raise ValueError(f"unknown worker kind {kind!r}")
 
 
@@ -904,24 +932,32 @@ def analyse_setting(setting: Setting) -> Analysis:
     return Analysis(tuple(work), spec, syn, settings.real_batch, memory)
 
 
+def train_settings(task: TrainTask) -> TrainSettings:
+    """The real settings of an expert (``experts.*``) or of evaluation (protocol ``tgdd``, SPEC §5)."""
+    cfg = build_config({"dataset": task.dataset, "experts": {"arch": task.arch}, "tracking": {"enabled": False}})
+    return expert_settings(cfg) if task.kind == "expert" else protocol_settings(cfg)
+
+
 def analyse_task(task: TrainTask) -> Analysis:
+    """Work of one expert-training step, or of one evaluation epoch over the decoded set."""
     spec = get_dataset(task.dataset)
     _, forward, _ = traced(task.arch, spec)
+    batch = train_settings(task).batch_size
     if task.kind == "expert":
-        return Analysis(tuple(training_work(forward, [64])), spec)
+        return Analysis(tuple(training_work(forward, [batch])), spec)
     images = spec.num_classes * task.ipc * task.factor**2
-    batches = [min(64, images - start) for start in range(0, images, 64)]
+    batches = [min(batch, images - start) for start in range(0, images, batch)]
     return Analysis(tuple(training_work(forward, batches)), spec)
 
 
-def distill_row(setting: Setting, analysis: Analysis, result: dict, times: dict[ConvKey, float]) -> Row:
+def distill_row(setting: Setting, analysis: Analysis, result: dict) -> Row:
     spec = analysis.spec
     return Row(
         section="distillation", name=setting.name, dataset=setting.dataset, classes=spec.num_classes,
         image_size=spec.image_size, channels=spec.channels, arch=setting.arch, ipc=setting.ipc, path=setting.path,
         lever=setting.lever, unit="iteration", timing=setting.timing(spec.num_classes), seconds=result["seconds"],
         gflop=analysis.gflop, conv_gflop=analysis.conv_gflop,
-        attainable_seconds=attainable_seconds(analysis.work, times, setting.channels_last),
+        attainable_seconds=result["attainable_seconds"],
         peak_mib=result["peak_mib"], load_start=result["load_start"], load_end=result["load_end"],
         extra={
             **{k: v for k, v in result.items() if k.startswith("disk_")},
@@ -931,7 +967,7 @@ def distill_row(setting: Setting, analysis: Analysis, result: dict, times: dict[
     )  # fmt: skip
 
 
-def train_row(task: TrainTask, analysis: Analysis, result: dict, times: dict[ConvKey, float]) -> Row:
+def train_row(task: TrainTask, analysis: Analysis, result: dict) -> Row:
     spec = analysis.spec
     unit = "step" if task.kind == "expert" else "epoch"
     what = "expert training" if task.kind == "expert" else "evaluation training"
@@ -941,7 +977,7 @@ def train_row(task: TrainTask, analysis: Analysis, result: dict, times: dict[Con
         image_size=spec.image_size, channels=spec.channels, arch=task.arch,
         ipc=task.ipc if task.kind == "eval" else None, path=what, lever="none", unit=unit, timing=timing,
         seconds=result["seconds"], gflop=analysis.gflop, conv_gflop=analysis.conv_gflop,
-        attainable_seconds=attainable_seconds(analysis.work, times, False), peak_mib=result["peak_mib"],
+        attainable_seconds=result["attainable_seconds"], peak_mib=result["peak_mib"],
         load_start=result["load_start"], load_end=result["load_end"],
         extra={k: result[k] for k in ("batch_size", "images", "augment", "cutmix_prob")},
     )  # fmt: skip
@@ -993,7 +1029,7 @@ def distill_table(rows: Sequence[Row]) -> str:
     headers = (
         "setting", "classes", "px", "ch", "arch", "IPC", "path", "s / iteration (min–max)", "it/s",
         "GFLOP / it", "achieved GFLOP/s", "attainable GFLOP/s", "achieved / attainable", "peak MiB",
-        "trajectories in memory (N=5, E=60) MiB", "timed",
+        "trajectories in memory (N=5, E=60) MiB", "load avg", "timed",
     )  # fmt: skip
     return md_table(headers, [distill_cells(r) for r in rows])
 
@@ -1002,60 +1038,111 @@ def distill_cells(r: Row) -> tuple[object, ...]:
     return (
         r.name, r.classes, r.image_size, r.channels, r.arch, r.ipc, r.path, seconds_cell(r),
         fmt(r.units_per_s, 3), fmt(r.gflop, 1), fmt(r.achieved_gflops, 1), fmt(r.attainable_gflops, 1),
-        fmt(r.ratio), fmt(r.peak_mib, 0), fmt(r.extra["trajectory_mib"], 0), r.timing,
+        fmt(r.ratio), fmt(r.peak_mib, 0), fmt(r.extra["trajectory_mib"], 0), load_cell(r), r.timing,
     )  # fmt: skip
 
 
+OWN_ATTAINABLE = "Attainable with its threads and wait policy (timed in its process):"
+
+
+def baseline(rows: dict[str, Row]) -> float | None:
+    """Seconds per iteration of the per-class Fashion-MNIST IPC 10 baseline: the mean of its measurement
+    before the levers and its repeat after them."""
+    measured = [rows[name].median for name in ("fmnist-ipc10", "fmnist-ipc10-repeat") if name in rows]
+    return statistics.mean(measured) if measured else None
+
+
+def load_caveat(*rows: Row) -> str:
+    """A warning when the load average differed by more than 1 between the measurements compared."""
+    loads = [(r.load_start + r.load_end) / 2 for r in rows]
+    if max(loads) - min(loads) <= 1.0:
+        return ""
+    spans = ", ".join(f"{r.name} {load_cell(r)}" for r in rows)
+    return f" Caution: the load average differed between these measurements ({spans})."
+
+
+def load_cell(row: Row) -> str:
+    return f"{fmt(row.load_start, 1)}–{fmt(row.load_end, 1)}"
+
+
 def lever_section(rows: dict[str, Row]) -> str:
-    base = rows.get("fmnist-ipc10")
-    levers = [r for r in rows.values() if r.lever != "none" and r.dataset == FM and r.ipc == 10]
-    if base is None or not levers:
+    base, again, t_base = rows.get("fmnist-ipc10"), rows.get("fmnist-ipc10-repeat"), baseline(rows)
+    levers = [r for r in rows.values() if not r.lever.startswith("none") and r.dataset == FM and r.ipc == 10]
+    if base is None or t_base is None or not levers:
         return "_No lever settings were measured._"
-    body = [(base.name, "none (per-class, in-memory trajectories)", seconds_cell(base), "1.00", fmt(base.ratio))]
-    for r in levers:
-        body.append((r.name, r.lever, seconds_cell(r), fmt(base.median / r.median), fmt(r.ratio)))
-    text = [
-        md_table(
-            ("setting", "lever", "s / iteration (min–max)", "speed-up vs per-class", "achieved / attainable"), body
+    body = [
+        (
+            base.name,
+            "none (per-class, in-memory trajectories)",
+            seconds_cell(base),
+            "–",
+            fmt(base.ratio),
+            load_cell(base),
         )
     ]
-    text.append("")
-    for r in levers:
-        speedup = base.median / r.median
-        if r.lever == "batched classes":
-            text.append(
-                f"- **Batched classes**: {fmt(speedup)}x the per-class speed (every class in one forward pass; the "
-                "same update, test `test_methods*.py`). Peak memory "
-                f"{fmt(r.peak_mib, 0)} MiB against {fmt(base.peak_mib, 0)} MiB per-class."
-            )
-        elif r.lever == "channels_last":
-            effect = "a speed-up" if speedup > 1.02 else ("a slowdown" if speedup < 0.98 else "no clear effect")
-            text.append(
-                f"- **channels_last** (networks converted with `memory_format=torch.channels_last`, real batches too): "
-                f"{fmt(speedup)}x, i.e. {effect} on this machine. The attainable conv rate in that layout is "
-                f"{fmt(r.attainable_gflops, 1)} GFLOP/s against {fmt(base.attainable_gflops, 1)} GFLOP/s."
-            )
-        elif r.lever == "trajectories re-read from disk":
-            load = r.extra.get("disk_load_seconds", float("nan"))
-            size = r.extra.get("disk_file_mib", float("nan"))
-            text.append(
-                f"- **Trajectories re-read from disk** (a {fmt(size, 0)} MiB file of E+1 = {PAPER_EPOCHS + 1} snapshots "
-                f"`torch.load`ed every iteration, warm page cache): one load takes {fmt(1000 * load, 1)} ms, "
-                f"{fmt(100 * load / base.median, 1)}% of an iteration, {fmt(load * 10_000 / 60, 1)} min over 10,000 "
-                f"iterations (more from a cold or network file system). End to end the two runs differ by "
-                f"{fmt(r.median - base.median, 3)} s per iteration, against a spread of "
-                f"{fmt(max(base.seconds) - min(base.seconds), 3)} s between the in-memory run's own iterations."
-            )
-        elif r.lever == "OMP_WAIT_POLICY=PASSIVE":
-            text.append(
-                f"- **OMP_WAIT_POLICY=PASSIVE** (set in that process's environment): {fmt(speedup)}x. By default an "
-                "idle OpenMP thread spins; when another process takes its core, every parallel region waits for it "
-                "to be scheduled again, which on a shared CPU costs milliseconds per op. Passive waiting avoids "
-                "that (on an idle machine spinning is usually as fast or faster; not measured here)."
-            )
-        elif r.lever.endswith(("thread", "threads")):
-            text.append(f"- **{r.lever}** (torch.set_num_threads): {fmt(speedup)}x the speed with the run's threads.")
+    for r in [*levers, *([again] if again else [])]:
+        speedup = "–" if r is again else fmt(t_base / r.median)
+        body.append((r.name, r.lever, seconds_cell(r), speedup, fmt(r.ratio), load_cell(r)))
+    headers = (
+        "setting",
+        "lever",
+        "s / iteration (min–max)",
+        "speed-up vs per-class",
+        "achieved / attainable",
+        "load avg",
+    )
+    text = [md_table(headers, body), ""]
+    if again is not None:
+        drift = abs(again.median - base.median) / t_base
+        text.append(
+            f"The per-class baseline was measured before the levers ({fmt(base.median, 2)} s) and again after them "
+            f"({fmt(again.median, 2)} s); speed-ups are against their mean, {fmt(t_base, 2)} s. Their "
+            f"{fmt(100 * drift, 0)}% difference is the noise floor of these comparisons on this machine.\n"
+        )
+    text += [lever_bullet(r, base, t_base) + load_caveat(base, r) for r in levers]
     return "\n".join(text)
+
+
+def lever_bullet(r: Row, base: Row, t_base: float) -> str:
+    """One sentence on one lever, from its numbers."""
+    speedup = t_base / r.median
+    if r.lever == "batched classes":
+        return (
+            f"- **Batched classes**: {fmt(speedup)}x the per-class speed (every class in one forward pass; the "
+            f"same update, tested in `tests/test_methods*.py`). Peak memory {fmt(r.peak_mib, 0)} MiB against "
+            f"{fmt(base.peak_mib, 0)} MiB per-class."
+        )
+    if r.lever == "channels_last":
+        effect = "a speed-up" if speedup > 1.02 else ("a slowdown" if speedup < 0.98 else "no clear effect")
+        return (
+            f"- **channels_last** (networks converted with `memory_format=torch.channels_last`, real batches too): "
+            f"{fmt(speedup)}x, i.e. {effect} on this machine. The attainable conv rate in that layout is "
+            f"{fmt(r.attainable_gflops, 1)} GFLOP/s against {fmt(base.attainable_gflops, 1)} GFLOP/s."
+        )
+    if r.lever == "trajectories re-read from disk":
+        load = r.extra.get("disk_load_seconds", float("nan"))
+        size = r.extra.get("disk_file_mib", float("nan"))
+        return (
+            f"- **Trajectories re-read from disk** (a {fmt(size, 0)} MiB file of E+1 = {PAPER_EPOCHS + 1} snapshots "
+            f"`torch.load`ed every iteration, warm page cache): one load takes {fmt(1000 * load, 1)} ms, "
+            f"{fmt(100 * load / t_base, 1)}% of an iteration, {fmt(load * 10_000 / 60, 1)} min over 10,000 "
+            f"iterations (more from a cold or network file system). End to end the run differs from the baseline by "
+            f"{fmt(r.median - t_base, 3)} s per iteration, against a spread of "
+            f"{fmt(max(base.seconds) - min(base.seconds), 3)} s between the baseline's own iterations: the direct "
+            "timing of the load is the number to use."
+        )
+    if r.lever == "OMP_WAIT_POLICY=PASSIVE":
+        return (
+            f"- **OMP_WAIT_POLICY=PASSIVE** (set in that process's environment): {fmt(speedup)}x. By default an "
+            "idle OpenMP thread spins; when another process takes its core, every parallel region waits for it "
+            "to be scheduled again, which on a shared CPU costs milliseconds per op. Passive waiting avoids "
+            "that (on an idle machine spinning is usually as fast or faster; not measured here). "
+            f"{OWN_ATTAINABLE} {fmt(r.attainable_gflops, 1)} GFLOP/s."
+        )
+    return (
+        f"- **{r.lever}** (torch.set_num_threads): {fmt(speedup)}x the speed with the run's threads. "
+        f"{OWN_ATTAINABLE} {fmt(r.attainable_gflops, 1)} GFLOP/s."
+    )
 
 
 def training_table(rows: Sequence[Row]) -> str:
@@ -1083,10 +1170,11 @@ def training_cells(r: Row) -> tuple[object, ...]:
     )  # fmt: skip
 
 
-def conv_table(times: dict[ConvKey, float]) -> str:
+def conv_table(times: dict[ConvKey, list[float]]) -> str:
+    """Per shape and pass, the median rate over the processes that timed it."""
     by_shape: dict[tuple[ConvSpec, int, bool], dict[str, float]] = {}
     for (spec, batch, channels_last, kind), seconds in times.items():
-        by_shape.setdefault((spec, batch, channels_last), {})[kind] = seconds
+        by_shape.setdefault((spec, batch, channels_last), {})[kind] = statistics.median(seconds)
     body = []
     for (spec, batch, channels_last), passes in sorted(
         by_shape.items(), key=lambda kv: (kv[0][2], kv[0][0].height, kv[0][0].in_channels, kv[0][1])
@@ -1177,13 +1265,21 @@ def scaling_section(rows: dict[str, Row]) -> str:
             "capped at 200 per class) goes forward and backward through two networks, so the work grows "
             f"sub-linearly in IPC; time grows {versus_flops(ipc50 or ipc10)}."
         )
+        text += load_caveat(*(rows[n] for n in ("fmnist-ipc1", "fmnist-ipc10", "fmnist-ipc50") if n in rows))
         parts.append(text)
     classes = ratio_text(rows, "cifar10-ipc10", "cifar100-ipc10")
     if classes:
-        parts.append(
-            f"**Classes.** From 10 to 100 classes at 32 px (CIFAR-10 to CIFAR-100, IPC 10) it grows {fmt(classes[0], 1)}x "
-            f"({fmt(classes[0] / 10)} of linear): class steps are independent, so time is linear in the number of classes."
+        small, large = rows["cifar10-ipc10"], rows["cifar100-ipc10"]
+        text = (
+            f"**Classes.** From 10 to 100 classes at 32 px (CIFAR-10 to CIFAR-100, IPC 10) the time grows "
+            f"{fmt(classes[0], 1)}x for {fmt(classes[1], 1)}x the FLOPs. The class steps are independent, so the work "
+            "is linear in the number of classes"
         )
+        if 0.8 <= classes[0] / classes[1] <= 1.25:
+            text += " and so, within 25%, is the measured time."
+        else:
+            text += f"; the measured time is {fmt(classes[0] / classes[1])} of linear."
+        parts.append(text + load_caveat(small, large))
     if "cifar10-ipc10" in rows and "tinyimagenet-ipc10" in rows:
         small, large = rows["cifar10-ipc10"], rows["tinyimagenet-ipc10"]
         per_class = (large.median / large.classes) / (small.median / small.classes)
@@ -1191,12 +1287,14 @@ def scaling_section(rows: dict[str, Row]) -> str:
         parts.append(
             f"**Resolution.** Per class, 64 px with ConvNet-4 (TinyImageNet) costs {fmt(per_class, 1)}x a 32 px ConvNet-3 "
             f"class (CIFAR-10) for {fmt(flops, 1)}x the FLOPs (4x the pixels in every layer but the extra block's)."
+            + load_caveat(small, large)
         )
     channels = ratio_text(rows, "fmnist-ipc10", "cifar10-ipc10")
     if channels:
         parts.append(
             f"**Input channels.** 3-channel 32 px input (CIFAR-10) against 1-channel 28 px (Fashion-MNIST, padded to act "
             f"as 32 px): {fmt(channels[0])}x the time for {fmt(channels[1])}x the FLOPs; only the first conv differs."
+            + load_caveat(rows["fmnist-ipc10"], rows["cifar10-ipc10"])
         )
     if parts:
         projections = ", ".join(
@@ -1210,21 +1308,21 @@ def scaling_section(rows: dict[str, Row]) -> str:
 
 def headline(rows: dict[str, Row], profile: dict[str, Any] | None) -> str:
     lines = []
-    base, batched = rows.get("fmnist-ipc10"), rows.get("fmnist-ipc10-batched")
+    base, batched, t_base = rows.get("fmnist-ipc10"), rows.get("fmnist-ipc10-batched"), baseline(rows)
     if base is not None:
         lines.append(
             f"- Fashion-MNIST IPC 10 (per-class, the default path): {fmt(base.median, 2)} s / iteration, "
             f"{fmt(base.achieved_gflops, 1)} GFLOP/s achieved against {fmt(base.attainable_gflops, 1)} GFLOP/s attainable "
             f"for its convolutions: **{fmt(100 * base.ratio, 0)}% of attainable**."
         )
-    if base is not None and batched is not None:
+    if t_base is not None and batched is not None:
         lines.append(
-            f"- Batched classes: {fmt(batched.median, 2)} s / iteration, **{fmt(base.median / batched.median)}x** the "
+            f"- Batched classes: {fmt(batched.median, 2)} s / iteration, **{fmt(t_base / batched.median)}x** the "
             f"per-class speed, {fmt(100 * batched.ratio, 0)}% of attainable."
         )
-    if base is not None:
-        others = [r for r in rows.values() if r.lever not in ("none", "batched classes") and r.ipc == 10]
-        effects = ", ".join(f"{r.lever} {fmt(base.median / r.median)}x" for r in others)
+    if t_base is not None:
+        others = [r for r in rows.values() if not r.lever.startswith("none") and r.lever != "batched classes"]
+        effects = ", ".join(f"{r.lever} {fmt(t_base / r.median)}x" for r in others)
         if effects:
             lines.append(f"- Other levers, speed relative to per-class (>1 is faster): {effects}.")
     if profile is not None:
@@ -1241,7 +1339,7 @@ def headline(rows: dict[str, Row], profile: dict[str, Any] | None) -> str:
 
 def write_report(
     out: Path, device: torch.device, machine: dict[str, Any], plan: Plan, quick: bool, rows: list[Row],
-    times: dict[ConvKey, float], profile: dict[str, Any], loads: tuple[float, float], duration: float,
+    times: dict[ConvKey, list[float]], profile: dict[str, Any], loads: tuple[float, float], duration: float,
 ) -> tuple[Path, Path]:  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     stem = f"speed_{device.type}"
@@ -1278,9 +1376,10 @@ Peak memory is the process's peak beyond imports plus data ({rows[0].extra["memo
 configuration in its own subprocess; the trajectories a real run holds (N = 5, E = 60) come on top and are
 given in their own column. FLOPs count Conv2d and Linear only (2 x MACs); an input or weight
 gradient costs one forward's FLOPs. "Attainable" is the rate the convolutions of that configuration reach when
-each of their shapes is timed alone in this run (forward, input gradient, weight gradient; median over
-~{plan.bench_seconds} s per shape); achieved / attainable therefore says how close the whole iteration comes
-to doing nothing but its convolutions.
+each of their shapes is timed alone (forward, input gradient, weight gradient; median over ~{plan.bench_seconds} s
+per shape), in the configuration's own process right after its timed iterations, so with the same threads and
+nearly the same machine load; achieved / attainable therefore says how close the whole iteration comes to doing
+nothing but its convolutions.
 
 ## Headline
 
@@ -1304,7 +1403,7 @@ loading is left out (milliseconds).
 
 {training_table([r for r in rows if r.section == "training"])}
 
-## Attainable convolution rates (microbenchmark, this run)
+## Attainable convolution rates (microbenchmark, this run; median over the processes that timed each shape)
 
 {conv_table(times)}
 
@@ -1332,6 +1431,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--task", help=argparse.SUPPRESS)
+    parser.add_argument("--bench-seconds", type=float, default=0.5, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -1342,30 +1442,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     if args.worker:
-        print(RESULT_PREFIX + json.dumps(worker_main(args.worker, args.task, device)), flush=True)
+        print(RESULT_PREFIX + json.dumps(worker_main(args.worker, args.task, device, args.bench_seconds)), flush=True)
         return 0
     started, load_start = time.perf_counter(), os.getloadavg()[0]
     plan = quick_plan() if args.quick else full_plan()
     machine = describe_machine(device, threads)
     analyses = {s.name: analyse_setting(s) for s in plan.settings}
     task_analyses = {t.name: analyse_task(t) for t in plan.train_tasks}
-    keys = set().union(*(conv_keys(analyses[s.name].work, s.channels_last) for s in plan.settings))
-    keys |= set().union(*(conv_keys(a.work, False) for a in task_analyses.values()))
-    log(f"{len(plan.settings)} settings, {len(plan.train_tasks)} training tasks, {len(keys)} conv shapes x passes")
-    times = benchmark_convs(keys, device, plan.bench_seconds)
+    log(f"{len(plan.settings)} settings and {len(plan.train_tasks)} training tasks, each in its own process")
+    times: dict[ConvKey, list[float]] = {}
     rows = []
     profile: dict[str, Any] = {}
     for i, setting in enumerate(plan.settings, 1):
         kind = "profile" if setting.name == plan.profile else "distill"
-        result = run_worker(kind, setting, device, threads, plan.worker_timeout)
+        result = run_worker(kind, setting, device, threads, plan)
         profile = result.pop("profile", profile)
-        rows.append(distill_row(setting, analyses[setting.name], result, times))
+        for key, seconds in conv_times_from_json(result.pop("conv_times")).items():
+            times.setdefault(key, []).append(seconds)
+        rows.append(distill_row(setting, analyses[setting.name], result))
         log(
             f"[{i}/{len(plan.settings)}] {setting.name}: {rows[-1].median:.3f} s/iteration, {rows[-1].ratio:.2f} of attainable"
         )
     for task in plan.train_tasks:
-        result = run_worker("train", task, device, threads, plan.worker_timeout)
-        rows.append(train_row(task, task_analyses[task.name], result, times))
+        result = run_worker("train", task, device, threads, plan)
+        for key, seconds in conv_times_from_json(result.pop("conv_times")).items():
+            times.setdefault(key, []).append(seconds)
+        rows.append(train_row(task, task_analyses[task.name], result))
         log(f"{task.name}: {rows[-1].median:.3f} s/{rows[-1].unit}")
     duration = time.perf_counter() - started
     loads = (load_start, os.getloadavg()[0])

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from tgdd import paths
+from tgdd.artifacts import read_json
 from tgdd.config import Config
 from tgdd.runtime import configure_determinism, configure_threads, resolve_device
 
@@ -120,7 +121,7 @@ def plan(cfg: Config) -> list[tuple[str, Config]]:
             needs_experts.setdefault(paths.experts_dir(c), c)
     for expert_dir, c in needs_experts.items():
         manifest = expert_dir / "manifest.json"
-        if not (manifest.is_file() and '"complete": true' in manifest.read_text()):
+        if not (manifest.is_file() and read_json(manifest).get("complete")):
             steps_to_run.append(("experts", c))
     for cell in cells:
         if not paths.synthetic_file(cell).is_file():

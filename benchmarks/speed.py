@@ -703,7 +703,7 @@ OP_FAMILIES: tuple[tuple[str, str], ...] = (
     ("convolution", r"conv"),
     ("instance norm (GroupNorm)", r"group_?norm"),
     ("average pooling", r"avg_?pool"),
-    ("ReLU", r"relu|threshold"),
+    ("ReLU", r"relu|threshold|clamp_min"),  # in-place ReLU runs as aten::relu_ -> aten::clamp_min_
     ("linear layer", r"^(aten::)?(addmm|mm|linear|matmul)$|addmmbackward|mmbackward"),
     ("augmentation resampling (grid_sample)", r"grid_?sampler|affine_?grid"),
     ("multi-formation decode (bilinear upsampling)", r"upsample"),

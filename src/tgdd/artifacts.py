@@ -81,18 +81,29 @@ def torch_save(path: Path, obj: Any) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def torch_load(path: Path, what: str) -> Any:
-    """Load a tgdd torch file, turning a missing or damaged file into one clear error."""
+def read_checked(path: Path, expected_sha256: str, what: str) -> bytes:
+    """A file's bytes, read once, after checking them against the SHA-256 its manifest recorded."""
+    data = Path(path).read_bytes()
+    if hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise TgddError(f"{what} {path} fails its checksum (truncated or changed)")
+    return data
+
+
+def torch_load(path: Path, what: str, data: bytes | None = None) -> Any:
+    """Load a tgdd torch file (or its already read ``data``), turning a missing or damaged file
+    into one clear error."""
+    import io
     import pickle
     import zipfile
 
     import torch
 
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise TgddError(f"{what} {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        source = io.BytesIO(data) if data is not None else path
+        return torch.load(source, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TgddError(f"{what} {path} is corrupt or truncated ({first})") from None

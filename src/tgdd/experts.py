@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tgdd.artifacts import provenance, read_json, sha256_file, torch_load, torch_save, write_json
+from tgdd.artifacts import provenance, read_checked, read_json, sha256_file, torch_load, torch_save, write_json
 from tgdd.checkpoint import Checkpointer, StopRequested, stop_on_signals
 from tgdd.config import Config
 from tgdd.data.prepared import PreparedSplit
@@ -203,9 +203,11 @@ def load_trajectories(cfg: Config, out_dir: Path, train: PreparedSplit) -> Traje
         path = out_dir / record["file"]
         if not path.is_file():
             raise TgddError(f"trajectory file {path} is missing: rerun `tgdd experts`")
-        if sha256_file(path) != record["sha256"]:
-            raise TgddError(f"trajectory file {path} fails its checksum (truncated or changed): rerun `tgdd experts`")
-        blob = torch_load(path, "trajectory file")
+        try:
+            data = read_checked(path, record["sha256"], "trajectory file")
+        except TgddError as exc:
+            raise TgddError(f"{exc}: rerun `tgdd experts`") from None
+        blob = torch_load(path, "trajectory file", data)
         if len(blob["snapshots"]) != cfg.experts.epochs + 1:
             raise TgddError(
                 f"trajectory file {path} has {len(blob['snapshots'])} snapshots, expected {cfg.experts.epochs + 1}"

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tgdd.artifacts import provenance, read_json, sha256_file, torch_load, torch_save, write_json
+from tgdd.artifacts import provenance, read_checked, read_json, sha256_file, torch_load, torch_save, write_json
 from tgdd.data.registry import SPLITS, DatasetSpec, LoadContext, RawSplit
 from tgdd.errors import TgddError
 
@@ -110,12 +110,9 @@ def load_prepared(out_dir: Path, split: str, dataset: str) -> PreparedSplit:
     entry = manifest.get("files", {}).get(path.name)
     if entry is None or not path.is_file():
         raise TgddError(f"prepared file {path} is missing: rerun `tgdd prepare`")
-    digest = sha256_file(path)
-    if digest != entry["sha256"]:
-        raise TgddError(
-            f"prepared file {path} fails its checksum (manifest {entry['sha256'][:12]}…, file {digest[:12]}…)"
-        )
-    blob = torch_load(path, "prepared file")
+    data = read_checked(path, entry["sha256"], "prepared file")
+    digest = entry["sha256"]
+    blob = torch_load(path, "prepared file", data)
     return PreparedSplit(
         images=blob["images"],
         labels=blob["labels"],

@@ -4,6 +4,7 @@ workflow layers call. Each returns the paths it wrote."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from tgdd import paths
@@ -154,5 +155,7 @@ def pipeline(cfg: Config, dry_run: bool = False) -> list[Path]:
             print(f"would run: {describe(step, step_cfg)}")
             continue
         log.info("%s", describe(step, step_cfg))
+        started = time.perf_counter()
         written += globals()[step](step_cfg)
+        log.info("%s: done in %.1f s", describe(step, step_cfg), time.perf_counter() - started)
     return written

@@ -1,9 +1,13 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tgdd.config import build_config, flatten, load_config, parse_overrides
 from tgdd.errors import TgddError
+
+REPO = Path(__file__).parents[1]
 
 
 def test_defaults_validate_and_overrides_are_typed():
@@ -67,3 +71,16 @@ def test_readme_config_table_is_current():
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert render(readme) == readme, "README's config table is stale: run `python -m tgdd.docs`"
+
+
+def test_config_validation_and_workflow_imports_leave_torch_out():
+    """Validating a config (every `tgdd` step, `tgdd config`, each Snakemake start) must not pay
+    for importing torch: the registries it checks names against are torch-free."""
+    code = (
+        "import sys; from pathlib import Path; from tgdd.config import load_config; "
+        "import tgdd.paths, tgdd.protocols, tgdd.methods, tgdd.data.registry, tgdd.steps; "
+        "load_config(Path('config/paper.yaml')); load_config(Path('config/config.yaml')); "
+        "print(sorted(m for m in ('torch', 'mlflow', 'pandas') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

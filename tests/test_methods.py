@@ -105,3 +105,14 @@ def test_segment_mean_is_the_mean_per_group():
     for g in range(3):
         assert torch.allclose(out[g], values[ids == g].mean(0), atol=1e-6)
     assert torch.equal(out[3], torch.zeros(3))
+
+
+def test_every_declared_method_has_its_implementation():
+    """The cards (torch-free) and the implementations (imported on use) name the same methods."""
+    from tgdd.methods import _IMPLEMENTATIONS, METHODS, load_method
+
+    for name in METHODS.names():
+        method = load_method(name)
+        assert method.__class__.__module__ == METHODS.get(name).module
+        assert callable(method.defaults) and callable(method.run)
+    assert set(_IMPLEMENTATIONS) == set(METHODS.names())

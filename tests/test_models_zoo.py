@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tgdd.errors import TgddError
-from tgdd.models import build_model, model_names
+from tgdd.models import EXACT, build_model, model_names
 from tgdd.models.zoo import ZOO
 
 FAMILY_NAMES = ["convnet-3", "convnet-4", "convnet-2-w32", "convnet-3-bn", "resnet10-ap", "resnet18-ap-bn"]
@@ -48,7 +48,7 @@ def _params(model: torch.nn.Module) -> int:
 
 
 def test_zoo_names_are_registered() -> None:
-    assert set(ZOO) <= set(model_names())
+    assert set(ZOO) == set(EXACT) and set(EXACT) <= set(model_names())
 
 
 @pytest.mark.parametrize("channels", CHANNELS)

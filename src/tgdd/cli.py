@@ -45,9 +45,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _list() -> None:
     from tgdd.data.registry import dataset_names
-    from tgdd.evaluate import PROTOCOLS
     from tgdd.methods import METHODS
     from tgdd.models import model_names
+    from tgdd.protocols import PROTOCOLS
 
     print("datasets: ", ", ".join(dataset_names()))
     print("models:   ", ", ".join(model_names()))

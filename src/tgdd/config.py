@@ -126,11 +126,11 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _known_names(self) -> Config:
-        from tgdd.augment import check_strategy
         from tgdd.data.registry import get_dataset
-        from tgdd.evaluate import PROTOCOLS
+        from tgdd.dsa_strategy import check_strategy
         from tgdd.methods import METHODS
         from tgdd.models import check_model_name
+        from tgdd.protocols import PROTOCOLS
 
         for name in [self.dataset, *self.matrix.datasets]:
             get_dataset(name)

@@ -18,7 +18,7 @@ from tgdd.data.prepared import ClassSampler, PreparedSplit, load_prepared
 from tgdd.data.registry import get_dataset
 from tgdd.errors import TgddError
 from tgdd.experts import load_trajectories
-from tgdd.methods import METHODS, DistillContext, DistillSettings, resolve_settings
+from tgdd.methods import METHODS, DistillContext, DistillSettings, load_method, resolve_settings
 from tgdd.runtime import generator
 from tgdd.synthetic import SyntheticSet, save_grid, save_synthetic
 
@@ -44,10 +44,10 @@ def run_distillation(
     settings = resolve_settings(cfg, spec)
     sampler = ClassSampler(train, device)
     check_ipc(settings, sampler, train.num_classes)
-    method = METHODS.get(settings.method)
+    method = load_method(settings.method)
     inputs = {"train_sha256": train.sha256}
     trajectories = None
-    if method.needs_trajectories:
+    if METHODS.get(settings.method).needs_trajectories:
         trajectories = load_trajectories(cfg, paths.experts_dir(cfg), train)
         inputs["trajectories_manifest_sha256"] = trajectories.manifest_sha256
     identity = {"settings": asdict(settings), "inputs": inputs, "seed": cfg.seed, "dataset": cfg.dataset}

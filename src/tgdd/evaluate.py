@@ -3,7 +3,7 @@ test set, under a named protocol. Reports last-epoch accuracy (no selection on t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,42 +12,16 @@ from tqdm.auto import tqdm
 
 from tgdd import paths
 from tgdd.artifacts import provenance, read_json, sha256_file, write_json
-from tgdd.augment import without_flip
 from tgdd.config import Config
 from tgdd.data.prepared import load_prepared
 from tgdd.data.registry import get_dataset
+from tgdd.dsa_strategy import without_flip
 from tgdd.errors import TgddError
 from tgdd.models import build_model
-from tgdd.registry import Registry
+from tgdd.protocols import PROTOCOLS, Protocol, TrainSettings  # noqa: F401  (re-exported)
 from tgdd.runtime import derive_seed, generator, numpy_rng, seeded_init
 from tgdd.synthetic import load_synthetic
-from tgdd.train import TrainSettings, accuracy, train_classifier
-
-
-@dataclass(frozen=True)
-class Protocol:
-    name: str
-    description: str
-    train: TrainSettings
-
-
-PROTOCOLS: Registry[Protocol] = Registry("evaluation protocol")
-PROTOCOLS.add(
-    "tgdd",
-    Protocol(
-        "tgdd",
-        "SPEC §5: SGD 0.01 m0.9 wd5e-4, batch 64, lr x0.2 at 2/3 and 5/6, DSA + CutMix p0.5",
-        TrainSettings(1500, 64, 0.01, 0.9, 5e-4, (2 / 3, 5 / 6), 0.2, "color_crop_flip_scale_rotate", 0.5),
-    ),
-)
-PROTOCOLS.add(
-    "dc",
-    Protocol(
-        "dc",
-        "DC/DSA/DM: SGD 0.01 m0.9 wd5e-4, batch 256, lr x0.1 at 1/2, DSA, no CutMix",
-        TrainSettings(1000, 256, 0.01, 0.9, 5e-4, (1 / 2,), 0.1, "color_crop_cutout_flip_scale_rotate", 0.0),
-    ),
-)
+from tgdd.train import accuracy, train_classifier
 
 
 def subset_epochs(images_per_class: int, num_classes: int) -> int:

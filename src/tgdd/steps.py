@@ -10,12 +10,13 @@ from pathlib import Path
 from tgdd import paths
 from tgdd.artifacts import read_json
 from tgdd.config import Config
-from tgdd.runtime import configure_determinism, configure_threads, resolve_device
 
 log = logging.getLogger(__name__)
 
 
 def _device(cfg: Config):
+    from tgdd.runtime import configure_determinism, configure_threads, resolve_device  # torch: only when computing
+
     configure_threads(cfg.threads)
     configure_determinism(cfg.deterministic)
     return resolve_device(cfg.device)

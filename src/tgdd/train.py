@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from tgdd.augment import DiffAugment, cutmix, normalize
 from tgdd.checkpoint import Checkpointer
+from tgdd.protocols import TrainSettings
 
 
 @dataclass
@@ -25,23 +26,6 @@ class Resumable:
     checkpointer: Checkpointer
     save_extra: Callable[[], dict[str, Any]] = dict
     load_extra: Callable[[dict[str, Any]], None] = lambda _extra: None
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    milestones: tuple[float, ...]  # fractions of training at which lr is multiplied by gamma
-    gamma: float
-    augment: str  # DSA strategy, per image ('none' to disable)
-    cutmix_prob: float
-    cutmix_beta: float = 1.0
-
-    def milestone_epochs(self) -> list[int]:
-        return sorted({round(self.epochs * f) for f in self.milestones})
 
 
 def train_classifier(

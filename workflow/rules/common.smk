@@ -22,7 +22,7 @@ from tgdd import paths
 from tgdd.config import load_config
 from tgdd.data.registry import get_dataset
 from tgdd.errors import TgddError
-from tgdd.evaluate import PROTOCOLS
+from tgdd.protocols import PROTOCOLS
 from tgdd.methods import METHODS
 
 

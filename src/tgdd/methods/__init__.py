@@ -1,21 +1,29 @@
 """Distillation methods behind one small interface, in a registry.
 
 A method declares its published defaults (:meth:`Method.defaults`) and turns a
-:class:`DistillContext` into stored synthetic images. Adding a method is one new entry.
+:class:`DistillContext` into stored synthetic images. Adding a method is one card in
+:data:`METHODS` plus its implementation module.
+
+The registry holds cards, not implementations, so that validating a config, planning a pipeline
+or parsing the Snakefile never imports torch (about 3 s on a laptop); :func:`load_method` imports
+the implementation when a method actually runs.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
-
-from tgdd.config import Config
-from tgdd.data.prepared import ClassSampler, PreparedSplit
-from tgdd.data.registry import DatasetSpec
 from tgdd.errors import TgddError
 from tgdd.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+    from tgdd.config import Config
+    from tgdd.data.prepared import ClassSampler, PreparedSplit
+    from tgdd.data.registry import DatasetSpec
 
 
 @dataclass(frozen=True)
@@ -60,26 +68,48 @@ class DistillOutput:
 
 
 class Method(Protocol):
-    needs_trajectories: bool
-
     def defaults(self, ipc: int, spec: DatasetSpec) -> dict[str, Any]: ...
 
     def run(self, ctx: DistillContext) -> DistillOutput: ...
 
 
-METHODS: Registry[Method] = Registry("method")
+@dataclass(frozen=True)
+class MethodCard:
+    """What the pipeline knows about a method before running it."""
+
+    module: str  # the module whose import registers the implementation (see `implements`)
+    needs_trajectories: bool  # matches expert trajectories (so `tgdd experts` must run first)
+    summary: str
 
 
-def _load_builtin() -> None:
-    from tgdd.methods import dance, herding, matching, selection  # noqa: F401
+METHODS: Registry[MethodCard] = Registry("method")
+METHODS.add("tgdd", MethodCard("tgdd.methods.matching", True, "TGDD: trajectory-guided distribution matching"))
+METHODS.add("dm", MethodCard("tgdd.methods.matching", False, "DM: distribution matching, random networks"))
+METHODS.add("dance", MethodCard("tgdd.methods.dance", True, "DANCE: interpolated encoder + calibration"))
+METHODS.add("random", MethodCard("tgdd.methods.selection", False, "random real images per class"))
+METHODS.add("herding", MethodCard("tgdd.methods.herding", True, "herding in the expert's feature space"))
+
+_IMPLEMENTATIONS: dict[str, Method] = {}
 
 
-_load_builtin()
+def implements(name: str, method: Method) -> None:
+    """Register the implementation of the method declared as ``name`` (at its module's import)."""
+    if METHODS.get(name).module != method.__class__.__module__:
+        raise ValueError(
+            f"method '{name}' is declared in {METHODS.get(name).module}, not {method.__class__.__module__}"
+        )
+    _IMPLEMENTATIONS[name] = method
+
+
+def load_method(name: str) -> Method:
+    """The implementation of a method, imported on first use."""
+    importlib.import_module(METHODS.get(name).module)
+    return _IMPLEMENTATIONS[name]
 
 
 def resolve_settings(cfg: Config, spec: DatasetSpec) -> DistillSettings:
     """Fill the ``null`` keys of ``distill`` with the method's defaults for this IPC and data set."""
-    method = METHODS.get(cfg.distill.method)
+    method = load_method(cfg.distill.method)
     chosen = cfg.distill.model_dump()
     for key, value in method.defaults(cfg.distill.ipc, spec).items():
         if chosen.get(key) is None:

@@ -18,7 +18,7 @@ from torch import nn
 from tgdd.augment import DiffAugment, normalize
 from tgdd.data.registry import DatasetSpec
 from tgdd.experts import StateDict
-from tgdd.methods import METHODS, DistillContext
+from tgdd.methods import DistillContext, implements
 from tgdd.methods.matching import TGDD, MatchingMethod, synthetic_batch
 
 
@@ -73,4 +73,4 @@ class DANCE(MatchingMethod):
         return s.alpha * ce, ce.detach()
 
 
-METHODS.add("dance", DANCE())
+implements("dance", DANCE())

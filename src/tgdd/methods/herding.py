@@ -12,7 +12,7 @@ from torch import nn
 from tgdd.augment import normalize
 from tgdd.data.registry import DatasetSpec
 from tgdd.errors import TgddError
-from tgdd.methods import METHODS, DistillContext, DistillOutput
+from tgdd.methods import DistillContext, DistillOutput, implements
 from tgdd.models import build_model
 
 
@@ -52,8 +52,6 @@ def embed(
 class Herding:
     """IPC real images per class chosen by herding in the trained expert's feature space."""
 
-    needs_trajectories = True
-
     def defaults(self, ipc: int, spec: DatasetSpec) -> dict[str, Any]:
         return {"iterations": 0, "factor": 1, "alpha": 0.0, "lr_img": 1.0, "real_batch": 1}
 
@@ -74,4 +72,4 @@ class Herding:
         return DistillOutput(torch.cat(chosen))
 
 
-METHODS.add("herding", Herding())
+implements("herding", Herding())

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from tgdd.augment import DiffAugment, normalize
 from tgdd.data.registry import DatasetSpec
 from tgdd.errors import TgddError
-from tgdd.methods import METHODS, DistillContext, DistillOutput, DistillSettings
+from tgdd.methods import DistillContext, DistillOutput, DistillSettings, implements
 from tgdd.models import build_model
 from tgdd.runtime import seeded_init
 from tgdd.synthetic import decode, initial_images
@@ -131,8 +131,6 @@ class LoopState:
 class MatchingMethod:
     """The per-class distribution-matching loop; subclasses choose the networks (and may add a
     second, separately stepped loss per class)."""
-
-    needs_trajectories = True
 
     def networks(self, ctx: DistillContext, nets: tuple[nn.Module, nn.Module]) -> tuple[nn.Module, nn.Module | None]:
         raise NotImplementedError
@@ -266,8 +264,6 @@ class TGDD(MatchingMethod):
 class DM(MatchingMethod):
     """Distribution matching (Zhao & Bilen 2023): a freshly initialised network every iteration."""
 
-    needs_trajectories = False
-
     def defaults(self, ipc: int, spec: DatasetSpec) -> dict[str, Any]:
         return {"iterations": 20_000, "factor": 1, "alpha": 0.0, "lr_img": 1.0, "real_batch": 256}
 
@@ -281,5 +277,5 @@ class DM(MatchingMethod):
         return extractor, None
 
 
-METHODS.add("tgdd", TGDD())
-METHODS.add("dm", DM())
+implements("tgdd", TGDD())
+implements("dm", DM())

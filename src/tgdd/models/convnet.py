@@ -54,7 +54,7 @@ class ConvNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register_family(r"convnet-(?P<depth>[1-9])(?P<norm>-in|-bn|-none)?(?:-w(?P<width>\d+))?", "convnet-3[-bn|-none][-w64]")
+@register_family("convnet")
 def _build_convnet(match: re.Match[str], channels: int, image_size: int, num_classes: int) -> nn.Module:
     return ConvNet(
         channels,

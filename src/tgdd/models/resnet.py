@@ -46,7 +46,7 @@ class BasicBlockAP(nn.Module):
 _BLOCKS = {"10": (1, 1, 1, 1), "18": (2, 2, 2, 2)}
 
 
-@register_family(r"resnet(?P<n>10|18)-ap(?P<norm>-in|-bn|-none)?(?:-w(?P<width>\d+))?", "resnet10-ap[-bn][-w16]")
+@register_family("resnet-ap")
 def _build_resnet_ap(match: re.Match[str], channels: int, image_size: int, num_classes: int) -> nn.Module:
     body = resnet_body(
         channels,

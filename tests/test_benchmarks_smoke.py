@@ -89,3 +89,20 @@ def test_quick_run_writes_report(tmp_path, speed):
             assert float(row[column]) > 0, (row["name"], column)
         if row["section"] == "distillation":
             assert float(row["peak_mem_mib"]) > 0, row["name"]
+
+
+@pytest.mark.slow
+def test_overhead_quick_run_measures_every_command(tmp_path):
+    """benchmarks/overhead.py --quick: every command runs for real (a failing one fails the run)."""
+    script = SCRIPT.with_name("overhead.py")
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    with (tmp_path / "overhead_cpu.csv").open() as handle:
+        rows = {r["what"]: r for r in csv.DictReader(handle)}
+    assert {"tgdd --help", "import torch"} <= set(rows)
+    assert any(w.startswith("snakemake -n") for w in rows) and any(w.startswith("tgdd pipeline -n") for w in rows)
+    for row in rows.values():
+        assert 0 < float(row["min_s"]) <= float(row["median_s"]) <= float(row["max_s"]), row
+    assert "| tgdd --help |" in (tmp_path / "overhead_cpu.md").read_text()

@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 
 import torch
+from speed import distill_work, traced  # benchmarks/ is on sys.path when this runs as a script
 
 from tgdd.augment import DiffAugment, normalize
+from tgdd.data.registry import get_dataset
 from tgdd.methods.matching import class_loss
 from tgdd.models import build_model
 
@@ -58,6 +60,12 @@ def check_correctness(device: torch.device) -> list[tuple[str, float, float]]:
         scale = float(a.abs().max()) or 1.0
         rows.append((name, float((a - b).abs().max()), 1e-3 * scale))
     return rows
+
+
+def iteration_flops(classes: int, ipc: int) -> float:
+    """Conv/Linear FLOPs of one iteration of :func:`time_iteration` (speed.py's count)."""
+    features, forward, _ = traced("convnet-3", get_dataset("cifar100" if classes == 100 else "cifar10"))
+    return sum(w.flops for w in distill_work(features, forward, 128, ipc * 4, classes, batched=True))
 
 
 def time_iteration(device: torch.device, classes: int, ipc: int, batched: bool, repeats: int = 5) -> float:
@@ -113,11 +121,18 @@ def main() -> int:
         ok &= diff <= tol
         lines.append(f"| {what} | {diff:.2e} | {tol:.2e} | {'yes' if diff <= tol else 'NO'} |")
     lines += ["", "## Seconds per iteration (ConvNet-3, 32 px, 128 real/class, f=2)", ""]
-    lines += ["| classes | IPC | per-class | batched | speed-up |", "|---|---|---|---|---|"]
+    lines += [
+        "| classes | IPC | per-class | batched | speed-up | achieved TFLOP/s (batched) |",
+        "|---|---|---|---|---|---|",
+    ]
     for classes, ipc in ((10, 1), (10, 10), (10, 50), (100, 10)):
         per_class = time_iteration(device, classes, ipc, batched=False)
         batched = time_iteration(device, classes, ipc, batched=True)
-        lines.append(f"| {classes} | {ipc} | {per_class:.4f} | {batched:.4f} | {per_class / batched:.1f}x |")
+        rate = iteration_flops(classes, ipc) / batched / 1e12
+        lines.append(
+            f"| {classes} | {ipc} | {per_class:.4f} | {batched:.4f} | {per_class / batched:.1f}x | {rate:.2f} |"
+        )
+    lines += ["", "The achieved rate is what `benchmarks/gpu_budget.py --tflops RATE` converts FLOPs into hours with."]
     lines += ["", f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"]
     text = "\n".join(lines) + "\n"
     print(text)

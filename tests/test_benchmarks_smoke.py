@@ -106,3 +106,36 @@ def test_overhead_quick_run_measures_every_command(tmp_path):
     for row in rows.values():
         assert 0 < float(row["min_s"]) <= float(row["median_s"]) <= float(row["max_s"]), row
     assert "| tgdd --help |" in (tmp_path / "overhead_cpu.md").read_text()
+
+
+def test_gpu_budget_counts_scale_with_the_config(tmp_path, monkeypatch):
+    """benchmarks/gpu_budget.py: more evaluation runs or trajectories scale exactly their stage."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import gpu_budget
+    import yaml
+
+    def counts(**sections):
+        tree = {"dataset": "mnist", "matrix": {"datasets": ["mnist"], "methods": ["tgdd", "random"], "ipcs": [1]}}
+        tree["experts"] = {"arch": "convnet-1-w16", "epochs": 1, **sections.get("experts", {})}
+        tree["evaluate"] = {"archs": ["convnet-1-w16"], "epochs": 2, **sections.get("evaluate", {})}
+        tree["distill"] = {"iterations": 3}
+        path = tmp_path / "budget.yaml"
+        path.write_text(yaml.safe_dump(tree))
+        return gpu_budget.budget(path)["mnist"]
+
+    base = counts(evaluate={"runs": 1}, experts={"num_trajectories": 1})
+    assert all(base[stage] > 0 for stage in ("experts", "distill", "evaluate"))
+    more_runs = counts(evaluate={"runs": 3}, experts={"num_trajectories": 1})
+    assert more_runs["evaluate"] == pytest.approx(3 * base["evaluate"]) and more_runs["distill"] == base["distill"]
+    more_experts = counts(evaluate={"runs": 1}, experts={"num_trajectories": 2})
+    assert more_experts["experts"] == pytest.approx(2 * base["experts"])
+
+
+def test_gpu_check_counts_flops_and_refuses_without_cuda(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import gpu_check
+
+    assert 0 < gpu_check.iteration_flops(10, 1) < gpu_check.iteration_flops(10, 10) < gpu_check.iteration_flops(100, 10)
+    if not gpu_check.torch.cuda.is_available():
+        monkeypatch.setattr(sys, "argv", ["gpu_check.py"])
+        assert gpu_check.main() == 1 and "no CUDA device" in capsys.readouterr().out

@@ -109,10 +109,13 @@ def test_segment_mean_is_the_mean_per_group():
 
 def test_every_declared_method_has_its_implementation():
     """The cards (torch-free) and the implementations (imported on use) name the same methods."""
+    from tgdd.data.registry import get_dataset
     from tgdd.methods import _IMPLEMENTATIONS, METHODS, load_method
 
     for name in METHODS.names():
         method = load_method(name)
         assert method.__class__.__module__ == METHODS.get(name).module
         assert callable(method.defaults) and callable(method.run)
+        iterations = method.defaults(1, get_dataset("digits"))["iterations"]
+        assert (iterations > 0) == METHODS.get(name).optimizes_images, name
     assert set(_IMPLEMENTATIONS) == set(METHODS.names())

@@ -78,16 +78,17 @@ class MethodCard:
     """What the pipeline knows about a method before running it."""
 
     module: str  # the module whose import registers the implementation (see `implements`)
-    needs_trajectories: bool  # matches expert trajectories (so `tgdd experts` must run first)
+    needs_trajectories: bool  # uses expert trajectories (so `tgdd experts` must run first)
+    optimizes_images: bool  # runs distill.iterations of image updates (False: selects real images)
     summary: str
 
 
 METHODS: Registry[MethodCard] = Registry("method")
-METHODS.add("tgdd", MethodCard("tgdd.methods.matching", True, "TGDD: trajectory-guided distribution matching"))
-METHODS.add("dm", MethodCard("tgdd.methods.matching", False, "DM: distribution matching, random networks"))
-METHODS.add("dance", MethodCard("tgdd.methods.dance", True, "DANCE: interpolated encoder + calibration"))
-METHODS.add("random", MethodCard("tgdd.methods.selection", False, "random real images per class"))
-METHODS.add("herding", MethodCard("tgdd.methods.herding", True, "herding in the expert's feature space"))
+METHODS.add("tgdd", MethodCard("tgdd.methods.matching", True, True, "TGDD: trajectory-guided distribution matching"))
+METHODS.add("dm", MethodCard("tgdd.methods.matching", False, True, "DM: distribution matching, random networks"))
+METHODS.add("dance", MethodCard("tgdd.methods.dance", True, True, "DANCE: interpolated encoder + calibration"))
+METHODS.add("random", MethodCard("tgdd.methods.selection", False, False, "random real images per class"))
+METHODS.add("herding", MethodCard("tgdd.methods.herding", True, False, "herding in the expert's feature space"))
 
 _IMPLEMENTATIONS: dict[str, Method] = {}
 

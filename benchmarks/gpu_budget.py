@@ -1,0 +1,150 @@
+"""Expected GPU time of the paper preset, data set by data set, from its exact FLOP count.
+
+    .venv/bin/python benchmarks/gpu_budget.py [--config config/paper.yaml] [--tflops 5 20]
+
+No GPU needed: every cell of the config's matrix is resolved exactly as `tgdd` resolves it (method
+defaults, per_dataset blocks, the evaluation-epoch rule of the 128 px subsets), and the Conv2d/Linear
+FLOPs of its expert training, distillation and evaluation are counted with the forward hooks of
+`benchmarks/speed.py`. Hours follow at the achieved rates given with ``--tflops``: the FLOPs are
+exact, the rate is the assumption. Calibrate it with `benchmarks/gpu_check.sh` (it prints the rate a
+GPU achieves on a TGDD iteration) and rerun with that number.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from pathlib import Path
+
+from speed import distill_work, traced, training_work
+
+from tgdd.config import load_config
+from tgdd.data.registry import get_dataset
+from tgdd.evaluate import protocol_settings
+from tgdd.experts import expert_settings
+from tgdd.methods import METHODS, resolve_settings
+from tgdd.steps import matrix_configs
+
+REPO = Path(__file__).resolve().parents[1]
+
+TRAIN_IMAGES = {  # training-set sizes of the published data sets (what the experts train on)
+    "mnist": 60_000,
+    "fashion_mnist": 60_000,
+    "svhn": 73_257,
+    "cifar10": 50_000,
+    "cifar100": 50_000,
+    "tinyimagenet": 100_000,
+    "imagenette": 9_469,
+    "imagewoof": 9_025,
+    "imagefruit": 13_000,
+    "imagemeow": 13_000,
+    "imagesquawk": 13_000,
+    "imageyellow": 13_000,
+}
+"""ImageNet subsets: ImageNette/ImageWoof as released by fast.ai, the others 1,300 ImageNet
+training images for each of their 10 classes."""
+
+_TRACED: dict[tuple[str, str], tuple] = {}
+
+
+def calls(arch: str, dataset: str):
+    if (arch, dataset) not in _TRACED:
+        _TRACED[arch, dataset] = traced(arch, get_dataset(dataset))
+    return _TRACED[arch, dataset]
+
+
+def training_flops(arch: str, dataset: str, images: int, batch: int, epochs: int) -> float:
+    _, forward, _ = calls(arch, dataset)
+    batches = [min(batch, images - start) for start in range(0, images, batch)]
+    return epochs * sum(w.flops for w in training_work(forward, batches))
+
+
+def distill_flops(cell) -> float:
+    """One distillation: TGDD and DANCE match features under an extractor and classify under an
+    expert (DANCE's calibration is one more expert pass); DM only matches features; selecting
+    real images (random, herding) costs next to nothing."""
+    spec = get_dataset(cell.dataset)
+    settings = resolve_settings(cell, spec)
+    if not METHODS.get(settings.method).optimizes_images:
+        return 0.0
+    features, forward, _ = calls(cell.experts.arch, cell.dataset)
+    syn = min(settings.ipc * settings.factor**2, settings.max_syn_per_class)
+    expert_pass = forward if settings.method != "dm" else []
+    work = distill_work(features, expert_pass, settings.real_batch, syn, spec.num_classes, batched=True)
+    per_iteration = sum(w.flops for w in work)
+    if settings.method == "dance":
+        per_iteration += sum(w.flops for w in distill_work([], forward, 0, syn, spec.num_classes, batched=True))
+    return settings.iterations * per_iteration
+
+
+def evaluation_flops(cell) -> float:
+    spec = get_dataset(cell.dataset)
+    settings = resolve_settings(cell, spec)
+    images = spec.num_classes * settings.ipc * settings.factor**2
+    protocol = protocol_settings(cell, images_per_class=images // spec.num_classes)
+    return sum(
+        cell.evaluate.runs * training_flops(arch, cell.dataset, images, protocol.batch_size, protocol.epochs)
+        for arch in cell.evaluate.archs
+    )
+
+
+def budget(config: Path) -> dict[str, dict[str, float]]:
+    """PFLOP per data set and stage (experts once per data set and seed, as the workflow shares them)."""
+    cfg = load_config(config)
+    table: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    experts_done = set()
+    for cell in matrix_configs(cfg):
+        row = table[cell.dataset]
+        key = (cell.dataset, cell.seed, cell.experts.arch)
+        if METHODS.get(cell.distill.method).needs_trajectories and key not in experts_done:
+            experts_done.add(key)
+            e = expert_settings(cell)
+            row["experts"] += cell.experts.num_trajectories * training_flops(
+                cell.experts.arch, cell.dataset, TRAIN_IMAGES[cell.dataset], e.batch_size, e.epochs
+            )
+        row["distill"] += distill_flops(cell)
+        row["evaluate"] += evaluation_flops(cell)
+    return {d: {k: v / 1e15 for k, v in stages.items()} for d, stages in table.items()}
+
+
+def markdown(table: dict[str, dict[str, float]], rates: list[float], config: Path) -> str:
+    stages = ("experts", "distill", "evaluate")
+    head = ["data set", *[f"{s} PFLOP" for s in stages], "total PFLOP", *[f"hours at {r:g} TFLOP/s" for r in rates]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    totals = defaultdict(float)
+    for dataset, row in table.items():
+        total = sum(row.get(s, 0.0) for s in stages)
+        for s in stages:
+            totals[s] += row.get(s, 0.0)
+        hours = [f"{total * 1e3 / r / 3600:.1f}" for r in rates]
+        lines.append(
+            f"| {dataset} | "
+            + " | ".join(f"{row.get(s, 0.0):.1f}" for s in stages)
+            + f" | {total:.1f} | "
+            + " | ".join(hours)
+            + " |"
+        )
+    grand = sum(totals.values())
+    lines.append(
+        "| **all** | "
+        + " | ".join(f"{totals[s]:.1f}" for s in stages)
+        + f" | {grand:.1f} | "
+        + " | ".join(f"{grand * 1e3 / r / 3600:.0f}" for r in rates)
+        + " |"
+    )
+    return (
+        f"`{config.relative_to(REPO) if config.is_relative_to(REPO) else config}`, every cell of its matrix:\n\n"
+        + "\n".join(lines)
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=REPO / "config" / "paper.yaml")
+    parser.add_argument("--tflops", type=float, nargs="+", default=[5.0, 20.0], help="achieved rates to convert at")
+    args = parser.parse_args()
+    print(markdown(budget(args.config.resolve()), args.tflops, args.config.resolve()))
+
+
+if __name__ == "__main__":
+    main()

@@ -18,6 +18,7 @@ from .test_workflow import JOB_RULES, REPO, make_project, snakemake
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 PROFILES = ["--profile", "slurm", "--profile", "slurm-ci"]  # the cluster profile + this machine's overrides
+GPU_RULES = {"tgdd_experts", "tgdd_distill", "tgdd_evaluate"}
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
 
 
@@ -54,8 +55,8 @@ def slurm_project(slurm, tmp_path_factory):
 
 
 def job_state(job_id: str) -> dict[str, str]:
-    """`scontrol show job -o` as a dict (finished jobs stay visible for MinJobAge)."""
-    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30).stdout
+    """`scontrol show job -d -o` as a dict (finished jobs stay visible for MinJobAge)."""
+    out = subprocess.run(["scontrol", "show", "job", "-d", "-o", job_id], capture_output=True, text=True, timeout=30).stdout
     return dict(item.split("=", 1) for item in out.split() if "=" in item)
 
 
@@ -74,6 +75,11 @@ def test_every_job_is_a_slurm_job(slurm_project):
         want = "FAILED" if "_1000_" in log else "COMPLETED"
         assert state.get("JobState") == want, (log, state)
         assert state.get("Partition") == "debug", state
+        # slurm/profile.yaml's GPU requests reach SLURM through the executor's `gpu` resource and
+        # are granted (the test node advertises placeholder GPUs): exactly the training steps.
+        wants_gpu = re.search(r"rule_(\w+)/", log).group(1) in GPU_RULES
+        assert (state.get("TresPerJob") == "gres:gpu:1") == wants_gpu, (log, state)  # requested
+        assert (state.get("JOB_GRES") == "gpu:1") == wants_gpu, (log, state)  # allocated
     assert rules == set(JOB_RULES)
     for rule in JOB_RULES:
         assert list((project / ".snakemake" / "slurm_logs" / f"rule_{rule}").rglob("*.log")), rule

@@ -56,7 +56,9 @@ def slurm_project(slurm, tmp_path_factory):
 
 def job_state(job_id: str) -> dict[str, str]:
     """`scontrol show job -d -o` as a dict (finished jobs stay visible for MinJobAge)."""
-    out = subprocess.run(["scontrol", "show", "job", "-d", "-o", job_id], capture_output=True, text=True, timeout=30).stdout
+    out = subprocess.run(
+        ["scontrol", "show", "job", "-d", "-o", job_id], capture_output=True, text=True, timeout=30
+    ).stdout
     return dict(item.split("=", 1) for item in out.split() if "=" in item)
 
 

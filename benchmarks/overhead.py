@@ -142,7 +142,7 @@ def run_all(tmp: Path, repeats: int, with_dvc: bool) -> list[Measurement]:
         ):
             subprocess.run(command, cwd=tiny, env=env, check=True, stdout=subprocess.DEVNULL)
         started = time.perf_counter()
-        subprocess.run([dvc, "repro", "-q"], cwd=tiny, env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([dvc, "repro", "-q"], cwd=tiny, env=env, check=True, capture_output=True)
         first = time.perf_counter() - started
         print(f"first dvc repro (tiny matrix, not an overhead): {first:.1f} s", flush=True)
         rows.append(

@@ -430,6 +430,24 @@ def conv_times_from_json(items: list[list[Any]]) -> dict[ConvKey, float]:
     return times
 
 
+def busy_cores(seconds: float) -> float | None:
+    """Cores kept busy by every process over ``seconds`` (from /proc/stat; None elsewhere): the
+    load of the machine right now, unlike the 1-minute load average, which trails."""
+
+    def sample() -> tuple[int, int]:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = values[3] + values[4]  # idle + iowait
+        return sum(values[:8]) - idle, sum(values[:8])
+
+    try:
+        busy0, total0 = sample()
+        time.sleep(seconds)
+        busy1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (os.cpu_count() or 1) * (busy1 - busy0) / max(total1 - total0, 1)
+
+
 def log(message: str) -> None:
     print(f"[speed] {message}", file=sys.stderr, flush=True)
 
@@ -1347,6 +1365,7 @@ def headline(rows: dict[str, Row], profile: dict[str, Any] | None) -> str:
 def write_report(
     out: Path, device: torch.device, machine: dict[str, Any], plan: Plan, quick: bool, rows: list[Row],
     times: dict[ConvKey, list[float]], profile: dict[str, Any], loads: tuple[float, float], duration: float,
+    busy_before: float | None = None,
 ) -> tuple[Path, Path]:  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     stem = f"speed_{device.type}"
@@ -1357,10 +1376,16 @@ def write_report(
         writer.writerows(csv_record(r) for r in rows)
     by_name = {r.name: r for r in rows if r.section == "distillation"}
     profiled = next(s for s in plan.settings if s.name == plan.profile)
-    shared = loads[0] > 0.5
-    load_note = (
-        f"Load average (1 min) {fmt(loads[0])} when the benchmark started (other processes: nothing of this "
-        f"benchmark ran yet) and {fmt(loads[1])} when it ended, on {machine['cores']} cores. "
+    shared = busy_before > 0.3 if busy_before is not None else loads[0] > 0.5
+    measured = (
+        f"Other processes kept {fmt(busy_before)} of the {machine['cores']} cores busy in the 2 s before it "
+        "started (/proc/stat). "
+        if busy_before is not None
+        else ""
+    )
+    load_note = measured + (
+        f"Load average (1 min) {fmt(loads[0])} when the benchmark started (it still carries the minute before "
+        f"the start) and {fmt(loads[1])} when it ended, on {machine['cores']} cores. "
     )
     load_note += (
         "**The CPU was shared with other jobs while this ran, so absolute times are noisy and pessimistic**; "
@@ -1451,6 +1476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker:
         print(RESULT_PREFIX + json.dumps(worker_main(args.worker, args.task, device, args.bench_seconds)), flush=True)
         return 0
+    busy_before = busy_cores(2.0)
     started, load_start = time.perf_counter(), os.getloadavg()[0]
     plan = quick_plan() if args.quick else full_plan()
     machine = describe_machine(device, threads)
@@ -1478,7 +1504,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"{task.name}: {rows[-1].median:.3f} s/{rows[-1].unit}")
     duration = time.perf_counter() - started
     loads = (load_start, os.getloadavg()[0])
-    md_path, csv_path = write_report(args.out, device, machine, plan, args.quick, rows, times, profile, loads, duration)
+    md_path, csv_path = write_report(
+        args.out, device, machine, plan, args.quick, rows, times, profile, loads, duration, busy_before
+    )
     log(f"wrote {md_path} and {csv_path} in {duration / 60:.1f} min")
     return 0
 

@@ -63,7 +63,11 @@ class DistillConfig(_Strict):
     real_batch: int | None = Field(None, ge=1, description="real images per class per step; null: method default")
     max_syn_per_class: int = Field(200, ge=1, description="decoded synthetic images per class per step")
     dsa_strategy: str = Field("color_crop_cutout", description="siamese augmentation during matching")
-    batched_classes: bool = Field(False, description="all classes in one forward pass: the same update, faster")
+    batched_classes: bool = Field(
+        False,
+        description="all classes in one forward pass: the same update; faster for small networks and on GPUs, "
+        "slower for wide ones on a CPU (benchmarks/README.md)",
+    )
     log_every: int = Field(10, ge=1, description="iterations between loss records")
     checkpoint_every: int = Field(100, ge=0, description="iterations between resumable checkpoints (0: never)")
 

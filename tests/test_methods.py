@@ -119,3 +119,22 @@ def test_every_declared_method_has_its_implementation():
         iterations = method.defaults(1, get_dataset("digits"))["iterations"]
         assert (iterations > 0) == METHODS.get(name).optimizes_images, name
     assert set(_IMPLEMENTATIONS) == set(METHODS.names())
+
+
+@pytest.mark.slow
+def test_compiled_networks_give_the_eager_update(prepared_root, tmp_path):
+    """distill.compile=true (torch.compile of the matching networks) changes speed, not the result."""
+    import shutil
+
+    from tgdd import steps
+    from tgdd.synthetic import load_synthetic
+
+    from .conftest import tiny_config
+
+    shutil.copytree(prepared_root / "data", tmp_path / "data")
+    steps.experts(tiny_config(tmp_path))
+    common = ["distill.method=tgdd", "distill.ipc=1", "distill.iterations=3"]
+    eager = load_synthetic(steps.distill(tiny_config(tmp_path, *common))[0])
+    compiled = load_synthetic(steps.distill(tiny_config(tmp_path, *common, "distill.compile=true"))[0])
+    assert compiled.meta["settings"]["compile"] is True
+    assert torch.allclose(eager.images, compiled.images, atol=1e-4)

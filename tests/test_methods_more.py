@@ -121,7 +121,7 @@ def test_dance_networks_use_the_drawn_interpolation_and_the_trained_expert():
 def _settings(**changes) -> DistillSettings:
     base = dict(
         method="dance", ipc=2, iterations=1, factor=1, init="real", alpha=2.0, expert_region=7, lr_img=0.5,
-        momentum=0.5, real_batch=4, max_syn_per_class=200, dsa_strategy="none", batched_classes=False, log_every=1, checkpoint_every=0,
+        momentum=0.5, real_batch=4, max_syn_per_class=200, dsa_strategy="none", batched_classes=False, compile=False, log_every=1, checkpoint_every=0,
     )  # fmt: skip
     return DistillSettings(**{**base, **changes})
 

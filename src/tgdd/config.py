@@ -68,6 +68,11 @@ class DistillConfig(_Strict):
         description="all classes in one forward pass: the same update; faster for small networks and on GPUs, "
         "slower for wide ones on a CPU (benchmarks/README.md)",
     )
+    compile: bool = Field(
+        False,
+        description="torch.compile the matching networks: about 1.6x faster per iteration on a CPU after "
+        "a one-off compilation of about a minute (needs a C++ compiler); for long runs",
+    )
     log_every: int = Field(10, ge=1, description="iterations between loss records")
     checkpoint_every: int = Field(100, ge=0, description="iterations between resumable checkpoints (0: never)")
 

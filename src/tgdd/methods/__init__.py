@@ -43,6 +43,7 @@ class DistillSettings:
     max_syn_per_class: int
     dsa_strategy: str
     batched_classes: bool
+    compile: bool
     log_every: int
     checkpoint_every: int
 

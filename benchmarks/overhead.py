@@ -87,15 +87,7 @@ def make_project(dst: Path, overrides: list[str]) -> Path:
 
 
 def environment() -> dict[str, str]:
-    return {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "bench",
-        "GIT_AUTHOR_EMAIL": "bench@tgdd.invalid",
-        "GIT_COMMITTER_NAME": "bench",
-        "GIT_COMMITTER_EMAIL": "bench@tgdd.invalid",
-    }
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
 
 
 def run_all(tmp: Path, repeats: int, with_dvc: bool) -> list[Measurement]:
@@ -138,7 +130,7 @@ def run_all(tmp: Path, repeats: int, with_dvc: bool) -> list[Measurement]:
             ["git", "init", "-q"],
             [dvc, "init", "-q"],
             ["git", "add", "-A"],
-            ["git", "commit", "-qm", "x"],
+            ["git", "-c", "user.name=bench", "-c", "user.email=bench@tgdd.invalid", "commit", "-qm", "x"],
         ):
             subprocess.run(command, cwd=tiny, env=env, check=True, stdout=subprocess.DEVNULL)
         started = time.perf_counter()

@@ -84,3 +84,16 @@ def test_config_validation_and_workflow_imports_leave_torch_out():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_list_shows_every_registered_name(capsys):
+    from tgdd.cli import main
+    from tgdd.methods import METHODS
+    from tgdd.protocols import PROTOCOLS
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "fashion_mnist" in out and "resnet10-ap[-bn][-w16]" in out
+    for name in [*METHODS.names(), *PROTOCOLS.names()]:
+        assert name in out
+    assert all(METHODS.get(name).summary in out for name in METHODS.names())

@@ -51,8 +51,10 @@ def _list() -> None:
 
     print("datasets: ", ", ".join(dataset_names()))
     print("models:   ", ", ".join(model_names()))
-    print("methods:  ", ", ".join(METHODS.names()))
     print("protocols:", ", ".join(PROTOCOLS.names()))
+    print("methods:")
+    for name in METHODS.names():
+        print(f"  {name:<8} {METHODS.get(name).summary}")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 from collections import defaultdict
+from functools import cache
 from pathlib import Path
 
 from speed import distill_work, traced, training_work
@@ -44,13 +45,10 @@ TRAIN_IMAGES = {  # training-set sizes of the published data sets (what the expe
 """ImageNet subsets: ImageNette/ImageWoof as released by fast.ai, the others 1,300 ImageNet
 training images for each of their 10 classes."""
 
-_TRACED: dict[tuple[str, str], tuple] = {}
-
-
+@cache
 def calls(arch: str, dataset: str):
-    if (arch, dataset) not in _TRACED:
-        _TRACED[arch, dataset] = traced(arch, get_dataset(dataset))
-    return _TRACED[arch, dataset]
+    """The network's traced layer calls (tracing builds the network: done once per pair)."""
+    return traced(arch, get_dataset(dataset))
 
 
 def training_flops(arch: str, dataset: str, images: int, batch: int, epochs: int) -> float:

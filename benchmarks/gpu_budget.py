@@ -45,6 +45,7 @@ TRAIN_IMAGES = {  # training-set sizes of the published data sets (what the expe
 """ImageNet subsets: ImageNette/ImageWoof as released by fast.ai, the others 1,300 ImageNet
 training images for each of their 10 classes."""
 
+
 @cache
 def calls(arch: str, dataset: str):
     """The network's traced layer calls (tracing builds the network: done once per pair)."""

@@ -15,9 +15,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-## The main job: the quick matrix on the embedded digits, then the results table.
+## The main job: the quick matrix on the embedded digits as a Snakemake workflow (one job per
+## step and cell, one per core at a time), ending with the results table.
 run: setup
-	$(BIN)/tgdd pipeline --config $(CONFIG)
+	$(BIN)/snakemake --cores all --configfile $(CONFIG)
 
 LINTED := src tests benchmarks workflow/scripts
 

@@ -1,6 +1,8 @@
+import numpy as np
+import pytest
 import torch
 
-from tgdd.synthetic import decode, decode_labels, tile
+from tgdd.synthetic import decode, decode_labels, image_grid, save_grid, tile
 
 
 def test_decode_cuts_tiles_and_upsamples_each():
@@ -31,3 +33,25 @@ def test_tile_then_decode_recovers_constant_images():
     tiled = tile(x, 2)
     assert tiled.shape == (2, 1, 8, 8)
     assert torch.allclose(decode(tiled, 2), x)
+
+
+@pytest.mark.parametrize(("n", "nrow", "channels"), [(10, 10, 1), (7, 3, 3), (20, 10, 1), (2, 10, 3)])
+def test_image_grid_matches_torchvision_make_grid(n, nrow, channels):
+    from torchvision.utils import make_grid
+
+    images = torch.rand(n, channels, 8, 6, generator=torch.Generator().manual_seed(n))
+    assert torch.equal(image_grid(images, nrow=nrow), make_grid(images, nrow=nrow, padding=2))
+
+
+def test_save_grid_writes_the_pixels_torchvision_would(tmp_path):
+    from PIL import Image
+    from torchvision.utils import save_image
+
+    images = torch.rand(3 * 2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    save_grid(tmp_path / "grid.png", images, ipc=2)
+    upsampled = torch.nn.functional.interpolate(images, scale_factor=4, mode="nearest")
+    save_image(upsampled, str(tmp_path / "reference.png"), nrow=2, padding=2, format="png")
+    ours = np.asarray(Image.open(tmp_path / "grid.png"))
+    reference = np.asarray(Image.open(tmp_path / "reference.png"))
+    assert ours.shape == (3 * 66 + 2, 2 * 66 + 2, 3)
+    assert np.array_equal(ours, reference)

@@ -156,3 +156,21 @@ def test_class_sampler_draws_distinct_images_of_one_class(prepared_root):
     assert all(m for m in matches)
     assert len({m[0] for m in matches}) == 20
     assert len(sampler.sample(3, 10_000, gen)) == sampler.class_size(3)
+
+
+def test_channel_stats_are_exact_and_independent_of_chunking_and_threads():
+    from tgdd.data.prepared import _channel_stats
+
+    images = torch.randint(0, 256, (300, 3, 5, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    reference = images.double() / 255
+    mean, std = _channel_stats(images)
+    assert mean == pytest.approx(reference.mean(dim=(0, 2, 3)).tolist(), abs=1e-12)
+    assert std == pytest.approx(reference.std(dim=(0, 2, 3)).tolist(), abs=1e-12)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = _channel_stats(images, chunk=7)
+        torch.set_num_threads(2)
+        assert _channel_stats(images, chunk=300) == single == (mean, std)
+    finally:
+        torch.set_num_threads(threads)

@@ -220,6 +220,10 @@ def test_dvc_repro_runs_every_stage(dvc_project):
     for stage in ("prepare", "experts", "distill", "evaluate", "report"):
         assert f"Running stage '{stage}'" in out
     assert sorted(set(rules_run(out)) & set(JOB_RULES)) == sorted(JOB_RULES)
+    # The run that made the tables ends by printing them (the workflow's onsuccess hook).
+    report_stage = out.split("Running stage 'report'", 1)[1]
+    assert (project / "results" / "tables" / "summary.md").read_text() in report_stage
+    assert "tables: results/tables/" in report_stage
     summary = (project / "results" / "tables" / "summary.csv").read_text().splitlines()
     assert len(summary) == 1 + 2  # header + (tgdd, random) x IPC 1 x one arch
     metrics = json.loads((project / "results" / "tables" / "metrics.json").read_text())

@@ -363,6 +363,58 @@ def test_steps_log_to_the_default_sqlite_store_when_enabled(pipeline_root, tmp_p
     assert sorted(r.data.tags["stage"] for r in runs) == ["distill", "evaluate"]
 
 
+def test_with_log_steps_false_the_report_logs_every_run(pipeline_root, tmp_path, monkeypatch):
+    """tracking.log_steps=false: distill and evaluate never touch MLflow (an unreachable server
+    does not stop them); `tgdd report` then logs the distill run, its nested evaluate run and the
+    table, once."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(pipeline_root / "data", tmp_path / "data")
+    shutil.copytree(pipeline_root / "results" / "experts", tmp_path / "results" / "experts")
+    overrides = ("tracking.enabled=true", "tracking.log_steps=false", "tracking.experiment=deferred")
+    cfg = tiny_config(tmp_path, "distill.method=random", "distill.ipc=1", *overrides)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
+    steps.distill(cfg)
+    steps.evaluate(cfg)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert not (tmp_path / "mlflow.db").exists()
+
+    report_cfg = tiny_config(tmp_path, *overrides)
+    steps.report(report_cfg)
+    steps.report(report_cfg)  # again: nothing new
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("deferred").experiment_id])
+    by_stage = {r.data.tags["stage"]: r for r in runs}
+    assert sorted(r.data.tags["stage"] for r in runs) == ["distill", "evaluate", "report"]
+    distill_run, evaluate_run = by_stage["distill"], by_stage["evaluate"]
+    assert distill_run.data.tags["synthetic_sha256"] == sha256_file(paths.synthetic_file(cfg))
+    assert evaluate_run.data.tags["mlflow.parentRunId"] == distill_run.info.run_id
+    result = json.loads(paths.evaluation_file(cfg, "convnet-1-w16").read_text())
+    assert evaluate_run.data.metrics["accuracy_mean"] == pytest.approx(result["mean"])
+    assert len(client.get_metric_history(distill_run.info.run_id, "loss")) == len(
+        (paths.synthetic_dir(cfg) / "losses.csv").read_text().splitlines()[1:]
+    )
+
+    # An evaluation whose synthetic set is gone and was never logged: a warning, not a failed report.
+    orphan = tmp_path / "orphan.json"
+    orphan.write_text(
+        json.dumps(
+            {
+                **result,
+                "distill_seed": 99,
+                "synthetic_sha256": "f" * 64,
+                "synthetic_file": str(tmp_path / "gone.pt"),
+            }
+        )
+    )
+    summary = paths.tables_dir(report_cfg) / "summary.csv"
+    report_id, warnings = tracking.log_results("deferred", [orphan], summary)
+    assert report_id == by_stage["report"].info.run_id
+    assert len(warnings) == 1 and "gone.pt is gone and was never logged" in warnings[0]
+    assert len(client.search_runs([client.get_experiment_by_name("deferred").experiment_id])) == 3
+
+
 def test_unreachable_server_fails_the_step_before_any_compute(pipeline_root, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
     shutil.copytree(pipeline_root / "data", tmp_path / "data")

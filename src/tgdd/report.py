@@ -14,10 +14,15 @@ from tgdd.errors import TgddError
 SUMMARY_COLUMNS = ["dataset", "ipc", "method", "arch", "protocol", "mean", "std", "n_runs", "epochs", "factor", "seeds"]
 
 
+def evaluation_files(eval_root: Path) -> list[Path]:
+    """Every evaluation JSON under ``eval_root``: what the report tabulates (and logs)."""
+    return sorted(Path(eval_root).rglob("*.json"))
+
+
 def collect_results(eval_root: Path) -> pd.DataFrame:
     """One row per evaluation JSON under ``eval_root``."""
     rows = []
-    for path in sorted(Path(eval_root).rglob("*.json")):
+    for path in evaluation_files(eval_root):
         try:
             r = json.loads(path.read_text())
         except json.JSONDecodeError as exc:

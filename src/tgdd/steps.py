@@ -42,9 +42,14 @@ def experts(cfg: Config) -> list[Path]:
     return [train_experts(cfg, paths.experts_dir(cfg), train, test, device)]
 
 
-def _check_tracking(cfg: Config) -> None:
-    """Fail fast, before any compute, when the MLflow server is unreachable."""
-    if cfg.tracking.enabled:
+def _logs_steps(cfg: Config) -> bool:
+    """Whether distill and evaluate log their own runs (else the report logs them)."""
+    return cfg.tracking.enabled and cfg.tracking.log_steps
+
+
+def _check_tracking(cfg: Config, logs: bool) -> None:
+    """Fail fast, before any compute, when the MLflow server this step logs to is unreachable."""
+    if logs:
         from tgdd.tracking import check_tracking, tracking_uri
 
         check_tracking(tracking_uri(Path.cwd()))
@@ -53,9 +58,9 @@ def _check_tracking(cfg: Config) -> None:
 def distill(cfg: Config) -> list[Path]:
     from tgdd.distill import run_distillation
 
-    _check_tracking(cfg)
+    _check_tracking(cfg, _logs_steps(cfg))
     syn_path = run_distillation(cfg, _device(cfg))
-    if cfg.tracking.enabled:
+    if _logs_steps(cfg):
         from tgdd.tracking import log_distillation
 
         log_distillation(cfg.tracking.experiment, syn_path)
@@ -65,9 +70,9 @@ def distill(cfg: Config) -> list[Path]:
 def evaluate(cfg: Config) -> list[Path]:
     from tgdd.evaluate import evaluate_synthetic
 
-    _check_tracking(cfg)
+    _check_tracking(cfg, _logs_steps(cfg))
     written = evaluate_synthetic(cfg, _device(cfg))
-    if cfg.tracking.enabled:
+    if _logs_steps(cfg):
         from tgdd.tracking import log_evaluation
 
         for path in written:
@@ -76,19 +81,23 @@ def evaluate(cfg: Config) -> list[Path]:
 
 
 def report(cfg: Config) -> list[Path]:
-    from tgdd.report import write_report
+    from tgdd.report import evaluation_files, write_report
 
-    _check_tracking(cfg)
+    _check_tracking(cfg, cfg.tracking.enabled)
     from tgdd.analysis import analyze
 
-    written, markdown = write_report(cfg.paths.results / "eval", paths.tables_dir(cfg))
+    eval_root = cfg.paths.results / "eval"
+    written, markdown = write_report(eval_root, paths.tables_dir(cfg))
     for dataset in dict.fromkeys([cfg.dataset, *cfg.matrix.datasets]):
         written += analyze(cfg.with_overrides(f"dataset={dataset}"))
     print(markdown)
     if cfg.tracking.enabled:
-        from tgdd.tracking import log_report
+        from tgdd.tracking import log_results
 
-        log_report(cfg.tracking.experiment, paths.tables_dir(cfg) / "summary.csv")
+        summary = paths.tables_dir(cfg) / "summary.csv"
+        _, warnings = log_results(cfg.tracking.experiment, evaluation_files(eval_root), summary)
+        for warning in warnings:
+            log.warning("MLflow: %s", warning)
     return written
 
 
@@ -150,7 +159,7 @@ def pipeline(cfg: Config, dry_run: bool = False) -> list[Path]:
     trajectories and checkpoints of interrupted steps are picked up by the steps themselves)."""
     written: list[Path] = []
     if not dry_run:
-        _check_tracking(cfg)
+        _check_tracking(cfg, cfg.tracking.enabled)
     for step, step_cfg in plan(cfg):
         if dry_run:
             print(f"would run: {describe(step, step_cfg)}")

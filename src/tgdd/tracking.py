@@ -406,3 +406,21 @@ def _log_report(client: MlflowClient, experiment_id: str, summary_csv: Path) -> 
 def log_report(experiment: str, summary_csv: Path) -> str:
     """Log the summary table (once per distinct content) and return the run id."""
     return _with_retries(experiment, lambda client, exp_id: _log_report(client, exp_id, summary_csv))
+
+
+def log_results(experiment: str, eval_paths: list[Path], summary_csv: Path) -> tuple[str, list[str]]:
+    """What `tgdd report` logs, in one session: every evaluation in ``eval_paths`` (with its
+    synthetic set's run) that is not logged yet, then the summary table. Returns the report's run
+    id and one warning per evaluation that could not be logged (its synthetic set is gone): those
+    still count in the table, so they do not stop the report."""
+
+    def body(client: MlflowClient, experiment_id: str) -> tuple[str, list[str]]:
+        warnings = []
+        for path in eval_paths:
+            try:
+                _log_evaluation(client, experiment_id, path)
+            except TgddError as exc:
+                warnings.append(str(exc))
+        return _log_report(client, experiment_id, summary_csv), warnings
+
+    return _with_retries(experiment, body)

@@ -15,6 +15,10 @@ Layout, per experiment (one per project config, named by the caller, e.g. ``tgdd
   and seeds; metrics ``accuracy_mean``, ``accuracy_std`` and ``accuracy_run`` (step = run);
 * one **report** run per distinct ``summary.csv`` (table logged with ``log_table``).
 
+Who logs: distill and evaluate log their own run when ``tracking.log_steps`` is true;
+:func:`log_results` (called by ``tgdd report``) logs every evaluation the report tabulates that
+is not logged yet, then the table, so nothing depends on the steps having logged.
+
 Identity (what makes logging idempotent) is a set of tags searched with a filter string:
 dataset, method, ipc, seed and ``synthetic_sha256`` for distill runs; ``eval_sha256`` for
 evaluate runs; ``summary_sha256`` for report runs. Only FINISHED runs count, so a run left

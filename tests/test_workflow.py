@@ -159,6 +159,25 @@ def test_quick_preset_is_the_workflow_default():
     assert quick.is_symlink() and quick.resolve() == (REPO / "config" / "config.yaml").resolve()
 
 
+def test_main_job_is_the_quick_matrix_through_snakemake(tmp_path):
+    """`make run` (the README's main job) is `snakemake --cores all` on config/config.yaml: the
+    five methods x IPC 1, 10 x two networks, one torch thread per job, MLflow left to the report."""
+    dry = run(["make", "-n", "run", "-o", f"{BIN.parent}/.installed", f"VENV={BIN.parent}"], REPO).stdout
+    assert f"{BIN}/snakemake --cores all --configfile config/config.yaml" in dry
+    quick = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert quick["threads"] == 1 and quick["tracking"]["log_steps"] is False
+    project = make_project(tmp_path / "project", quick)
+    counts = job_counts(snakemake("-n", "--cores", "2", cwd=project).stdout)
+    assert counts == {
+        "all": 1,
+        "tgdd_prepare": 1,
+        "tgdd_experts": 1,
+        "tgdd_distill": 10,
+        "tgdd_evaluate": 20,
+        "tgdd_report": 1,
+    }
+
+
 def test_methods_without_trajectories_need_no_experts(tmp_path):
     project = make_project(tmp_path / "project", tiny_tree(matrix__methods=["random"]))
     counts = job_counts(snakemake("-n", "--cores", "2", cwd=project).stdout)

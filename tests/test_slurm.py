@@ -77,7 +77,7 @@ def test_every_job_is_a_slurm_job(slurm_project):
         want = "FAILED" if "_1000_" in log else "COMPLETED"
         assert state.get("JobState") == want, (log, state)
         assert state.get("Partition") == "debug", state
-        # slurm/profile.yaml's GPU requests reach SLURM through the executor's `gpu` resource and
+        # The rules' GPU requests (`gpu=1`) reach SLURM through the executor's `gpu` resource and
         # are granted (the test node advertises placeholder GPUs): exactly the training steps.
         wants_gpu = re.search(r"rule_(\w+)/", log).group(1) in GPU_RULES
         assert (state.get("TresPerJob") == "gres:gpu:1") == wants_gpu, (log, state)  # requested

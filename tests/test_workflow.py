@@ -161,13 +161,25 @@ def test_quick_preset_is_the_workflow_default():
 
 def test_main_job_is_the_quick_matrix_through_snakemake(tmp_path):
     """`make run` (the README's main job) is `snakemake --cores all` on config/config.yaml: the
-    five methods x IPC 1, 10 x two networks, one torch thread per job, MLflow left to the report."""
+    five methods x IPC 1, 10 x two networks, one torch thread per job, MLflow left to the report;
+    the training jobs declare one GPU each."""
     dry = run(["make", "-n", "run", "-o", f"{BIN.parent}/.installed", f"VENV={BIN.parent}"], REPO).stdout
     assert f"{BIN}/snakemake --cores all --configfile config/config.yaml" in dry
     quick = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     assert quick["threads"] == 1 and quick["tracking"]["log_steps"] is False
     project = make_project(tmp_path / "project", quick)
-    counts = job_counts(snakemake("-n", "--cores", "2", cwd=project).stdout)
+    out = snakemake("-n", "--cores", "2", cwd=project).stdout
+    # Every job declares its GPU count: one for each step that trains networks, none otherwise.
+    declared = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: .*\bgpu=(\d+)", out, flags=re.MULTILINE)
+    assert len(declared) == 33
+    assert {rule: int(gpus) for rule, gpus in declared} == {
+        "tgdd_prepare": 0,
+        "tgdd_experts": 1,
+        "tgdd_distill": 1,
+        "tgdd_evaluate": 1,
+        "tgdd_report": 0,
+    }
+    counts = job_counts(out)
     assert counts == {
         "all": 1,
         "tgdd_prepare": 1,

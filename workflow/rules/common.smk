@@ -3,7 +3,7 @@
 #
 # The workflow has no settings of its own: everything comes from ONE tgdd config file (the
 # `configfile:` default or the last --configfile), which every rule passes to the `tgdd` CLI
-# with the job's wildcards as key=value overrides. Cluster settings (partition, account, GPUs)
+# with the job's wildcards as key=value overrides. Cluster settings (partition, account)
 # live in the profiles (slurm/, slurm-ci/), never in the config, whose keys tgdd validates strictly.
 
 import json
@@ -275,8 +275,10 @@ def section(name, *drop):
 # Resources. Threads: the config's torch threads (Snakemake caps them at --cores, and each rule
 # hands the granted number back to tgdd as threads=N; on SLURM they are --cpus-per-task).
 # Runtime and memory grow with the data set (a per-data-set factor for runtime, the image
-# volume for memory) and with each retry. GPUs are requested by the SLURM profile
-# (set-resources), not here.
+# volume for memory) and with each retry. GPUs: the steps that train networks take one each.
+# On SLURM the executor plugin turns `gpu` into --gpus (a profile's set-resources may refine it,
+# e.g. gpu_model); locally `--resources gpu=N` runs at most N of them at once (without it,
+# Snakemake does not count GPUs, and tgdd uses CUDA when it is there: `device: auto`).
 # ---------------------------------------------------------------------------------------------
 def threads_for(wildcards):
     return dataset_config(wildcards.dataset).threads or 1
@@ -294,6 +296,7 @@ RUNTIME_FACTOR = {  # relative to digits; the 128 px ImageNet subsets and unknow
 DEFAULT_RUNTIME_FACTOR = 16
 BASE_RUNTIME_MIN = {"prepare": 10, "experts": 60, "distill": 60, "evaluate": 30, "report": 10}
 BASE_MEM_MB = {"prepare": 2000, "experts": 4000, "distill": 4000, "evaluate": 4000, "report": 1000}
+GPUS = {"prepare": 0, "experts": 1, "distill": 1, "evaluate": 1, "report": 0}
 
 
 def runtime_factor(dataset):

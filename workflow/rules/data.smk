@@ -15,6 +15,7 @@ rule tgdd_prepare:
         "logs/benchmarks/tgdd_prepare/{dataset}.tsv"
     threads: 1
     resources:
+        gpu=GPUS["prepare"],
         mem_mb=mem_mb("prepare"),
         runtime=runtime_min("prepare"),
     shell:

@@ -23,6 +23,7 @@ rule tgdd_distill:
         "logs/benchmarks/tgdd_distill/{dataset}/{method}/ipc{ipc}/seed{seed}.tsv"
     threads: threads_for
     resources:
+        gpu=GPUS["distill"],
         mem_mb=mem_mb("distill"),
         runtime=runtime_min("distill"),
     shell:

@@ -17,6 +17,7 @@ rule tgdd_evaluate:
         "logs/benchmarks/tgdd_evaluate/{dataset}/{method}/ipc{ipc}/seed{seed}/{arch}__{protocol}.tsv"
     threads: threads_for
     resources:
+        gpu=GPUS["evaluate"],
         mem_mb=mem_mb("evaluate"),
         runtime=runtime_min("evaluate"),
     shell:

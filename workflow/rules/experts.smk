@@ -17,6 +17,7 @@ rule tgdd_experts:
         "logs/benchmarks/tgdd_experts/{dataset}/{experts_arch}/seed{seed}.tsv"
     threads: threads_for
     resources:
+        gpu=GPUS["experts"],
         mem_mb=mem_mb("experts"),
         runtime=runtime_min("experts"),
     shell:

@@ -18,6 +18,7 @@ rule tgdd_report:
         "logs/benchmarks/tgdd_report/report.tsv"
     threads: 1
     resources:
+        gpu=GPUS["report"],
         mem_mb=BASE_MEM_MB["report"],
         runtime=BASE_RUNTIME_MIN["report"],
     shell:

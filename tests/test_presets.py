@@ -38,7 +38,7 @@ def test_paper_preset_covers_the_ten_datasets_with_spec_settings():
 def test_paper_preset_dry_run_lists_every_step(tmp_path, capsys):
     cfg = load_config(CONFIG / "paper.yaml", [f"paths.data={tmp_path}", f"paths.results={tmp_path}"])
     planned = steps.plan(cfg)
-    kinds = pd.Series([step for step, _ in planned]).value_counts().to_dict()
+    kinds = pd.Series([step for step, _, _ in planned]).value_counts().to_dict()
     # 10 data sets prepared, experts per data set (seed 0), 120 cells distilled and evaluated, 1 report
     assert kinds == {"prepare": 10, "experts": 10, "distill": 120, "evaluate": 120, "report": 1}
     steps.pipeline(cfg, dry_run=True)

@@ -89,9 +89,9 @@ def read_checked(path: Path, expected_sha256: str, what: str) -> bytes:
     return data
 
 
-def torch_load(path: Path, what: str, data: bytes | None = None) -> Any:
+def torch_load(path: Path, what: str, data: bytes | None = None, mmap: bool = False) -> Any:
     """Load a tgdd torch file (or its already read ``data``), turning a missing or damaged file
-    into one clear error."""
+    into one clear error. ``mmap``: map the tensors instead of reading them (for metadata)."""
     import io
     import pickle
     import zipfile
@@ -103,7 +103,7 @@ def torch_load(path: Path, what: str, data: bytes | None = None) -> Any:
         raise TgddError(f"{what} {path} does not exist")
     try:
         source = io.BytesIO(data) if data is not None else path
-        return torch.load(source, map_location="cpu", weights_only=True)
+        return torch.load(source, map_location="cpu", weights_only=True, mmap=mmap and data is None)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TgddError(f"{what} {path} is corrupt or truncated ({first})") from None

@@ -18,7 +18,7 @@ STEPS = {
     "distill": "distill one synthetic set (distill.method, distill.ipc)",
     "evaluate": "train fresh networks on a synthetic set and test them (evaluate.*)",
     "report": "collect every evaluation into results/tables/summary.{csv,md}",
-    "pipeline": "run the whole matrix (matrix.*) in one process, resuming finished parts",
+    "pipeline": "run the whole matrix (matrix.*) in one process, redoing only what is missing or out of date",
 }
 
 

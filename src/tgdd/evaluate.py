@@ -17,6 +17,7 @@ from tgdd.data.prepared import load_prepared
 from tgdd.data.registry import get_dataset
 from tgdd.dsa_strategy import without_flip
 from tgdd.errors import TgddError
+from tgdd.freshness import section_settings
 from tgdd.models import build_model
 from tgdd.protocols import PROTOCOLS, Protocol, TrainSettings  # noqa: F401  (re-exported)
 from tgdd.runtime import derive_seed, generator, numpy_rng, seeded_init
@@ -109,6 +110,7 @@ def evaluate_synthetic(cfg: Config, device: torch.device, progress: bool = True)
             "factor": syn.factor,
             "arch": arch,
             "protocol": cfg.evaluate.protocol,
+            "evaluate": section_settings(cfg, "evaluate", "archs"),
             "protocol_settings": {**asdict(settings), "milestone_epochs": settings.milestone_epochs()},
             "train_images": len(images),
             "runs": len(accuracies),

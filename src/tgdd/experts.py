@@ -55,14 +55,24 @@ def _snapshot(model: nn.Module) -> StateDict:
 
 
 def expected_identity(cfg: Config, train: PreparedSplit) -> dict:
-    """What a trajectory set must match to be used under ``cfg``."""
+    """What a trajectory set must match to be used under ``cfg``: its data and network, and the
+    whole training recipe (a trajectory trained with another learning rate is another trajectory,
+    so `tgdd experts` retrains rather than keeps it)."""
+    e = cfg.experts
     return {
         "dataset": cfg.dataset,
-        "arch": cfg.experts.arch,
-        "epochs": cfg.experts.epochs,
-        "train_per_class": cfg.experts.train_per_class,
+        "arch": e.arch,
+        "epochs": e.epochs,
+        "train_per_class": e.train_per_class,
         "num_classes": train.num_classes,
         "train_sha256": train.sha256,
+        "batch_size": e.batch_size,
+        "lr": e.lr,
+        "momentum": e.momentum,
+        "weight_decay": e.weight_decay,
+        "augment": e.augment,
+        "cutmix_prob": e.cutmix_prob,
+        "cutmix_beta": e.cutmix_beta,
     }
 
 

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 from tgdd import paths
-from tgdd.artifacts import read_json
 from tgdd.config import Config
 
 log = logging.getLogger(__name__)
@@ -117,30 +116,39 @@ def matrix_configs(cfg: Config) -> list[Config]:
     return cells
 
 
-def plan(cfg: Config) -> list[tuple[str, Config]]:
-    """The steps ``pipeline`` would run now, in order, given what already exists on disk."""
+def plan(cfg: Config) -> list[tuple[str, Config, str]]:
+    """The steps ``pipeline`` would run now, in order, each with why: what is missing, and what
+    was made under other settings or from inputs that changed since (:mod:`tgdd.freshness`)."""
+    from tgdd.freshness import Freshness
     from tgdd.methods import METHODS
 
-    steps_to_run: list[tuple[str, Config]] = []
+    fresh = Freshness()
+    steps_to_run: list[tuple[str, Config, str]] = []
     cells = matrix_configs(cfg)
     for dataset_cfg in {c.dataset: c for c in cells}.values():
         if not (paths.prepared_dir(dataset_cfg) / "manifest.json").is_file():
-            steps_to_run.append(("prepare", dataset_cfg))
-    needs_experts = {}
+            steps_to_run.append(("prepare", dataset_cfg, "missing"))
+    experts_cells = {}
     for c in cells:
         if METHODS.get(c.distill.method).needs_trajectories:
-            needs_experts.setdefault(paths.experts_dir(c), c)
-    for expert_dir, c in needs_experts.items():
-        manifest = expert_dir / "manifest.json"
-        if not (manifest.is_file() and read_json(manifest).get("complete")):
-            steps_to_run.append(("experts", c))
+            experts_cells.setdefault(paths.experts_dir(c), c)
+    retrained = set()
+    for expert_dir, c in experts_cells.items():
+        reason = fresh.experts(c)
+        if reason:
+            steps_to_run.append(("experts", c, reason))
+            retrained.add(expert_dir)
     for cell in cells:
-        if not paths.synthetic_file(cell).is_file():
-            steps_to_run.append(("distill", cell))
-        missing = [a for a in cell.evaluate.archs if not paths.evaluation_file(cell, a).is_file()]
-        if missing:
-            steps_to_run.append(("evaluate", cell.with_overrides("evaluate.archs=[" + ",".join(missing) + "]")))
-    steps_to_run.append(("report", cfg))
+        uses_trajectories = METHODS.get(cell.distill.method).needs_trajectories
+        reason = fresh.distill(cell, paths.experts_dir(cell) in retrained, uses_trajectories)
+        if reason:
+            steps_to_run.append(("distill", cell, reason))
+        reasons = {a: fresh.evaluation(cell, a, synthetic_redone=reason is not None) for a in cell.evaluate.archs}
+        redo = {a: r for a, r in reasons.items() if r}
+        if redo:
+            why = "; ".join(dict.fromkeys(redo.values()))
+            steps_to_run.append(("evaluate", cell.with_overrides("evaluate.archs=[" + ",".join(redo) + "]"), why))
+    steps_to_run.append(("report", cfg, "always"))
     return steps_to_run
 
 
@@ -155,16 +163,17 @@ def describe(step: str, cfg: Config) -> str:
 
 
 def pipeline(cfg: Config, dry_run: bool = False) -> list[Path]:
-    """The whole matrix in one process, skipping outputs that already exist (a rerun resumes;
-    trajectories and checkpoints of interrupted steps are picked up by the steps themselves)."""
+    """The whole matrix in one process, skipping outputs that exist and are up to date (a rerun
+    resumes; a changed setting redoes what depends on it; trajectories and checkpoints of
+    interrupted steps are picked up by the steps themselves)."""
     written: list[Path] = []
     if not dry_run:
         _check_tracking(cfg, cfg.tracking.enabled)
-    for step, step_cfg in plan(cfg):
+    for step, step_cfg, reason in plan(cfg):
         if dry_run:
-            print(f"would run: {describe(step, step_cfg)}")
+            print(f"would run: {describe(step, step_cfg)} ({reason})")
             continue
-        log.info("%s", describe(step, step_cfg))
+        log.info("%s (%s)", describe(step, step_cfg), reason)
         started = time.perf_counter()
         written += globals()[step](step_cfg)
         log.info("%s: done in %.1f s", describe(step, step_cfg), time.perf_counter() - started)

@@ -87,6 +87,14 @@ def load_synthetic(path: Path) -> SyntheticSet:
         raise TgddError(f"synthetic set {path} lacks field {exc}") from None
 
 
+def load_synthetic_meta(path: Path) -> dict[str, Any]:
+    """The metadata of a stored synthetic set; its images are memory-mapped, not read."""
+    blob = torch_load(path, "synthetic set", mmap=True)
+    if not isinstance(blob, dict) or not isinstance(blob.get("meta"), dict):
+        raise TgddError(f"synthetic set {path} lacks its metadata")
+    return blob["meta"]
+
+
 def image_grid(images: torch.Tensor, nrow: int, padding: int = 2) -> torch.Tensor:
     """``[N, C, H, W]`` in [0, 1] -> one ``[3, H', W']`` image, ``nrow`` images per row, black
     borders: the layout of ``torchvision.utils.make_grid`` for two or more images (tested equal), written here because

@@ -22,6 +22,7 @@ from tgdd import paths
 from tgdd.config import load_config
 from tgdd.data.registry import get_dataset
 from tgdd.errors import TgddError
+from tgdd.freshness import section_settings
 from tgdd.protocols import PROTOCOLS
 from tgdd.methods import METHODS
 
@@ -259,14 +260,12 @@ def report_targets():
 # Rerun triggers: each rule declares the config section its step reads as `params` (those of
 # the job's own Config, per_dataset applied), so Snakemake's default `params` rerun trigger
 # redoes exactly the jobs whose settings changed in the config file. The keys a wildcard sets
-# are left out (they are in the paths already).
+# are left out (they are in the paths already). `tgdd pipeline` applies the same rule to the
+# records in the artifacts (tgdd.freshness, which also defines section_settings).
 # ---------------------------------------------------------------------------------------------
 def section(name, *drop):
     def value(wildcards):
-        values = getattr(job_config(wildcards), name).model_dump(mode="json")
-        for key in drop:
-            values.pop(key, None)
-        return json.dumps(values, sort_keys=True)
+        return json.dumps(section_settings(job_config(wildcards), name, *drop), sort_keys=True)
 
     return value
 

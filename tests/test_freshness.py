@@ -28,6 +28,16 @@ def planned(root: Path, *overrides: str) -> dict[tuple[str, str], str]:
     return found
 
 
+def cell(root: Path, method: str):
+    return tiny_config(root, *MATRIX, f"distill.method={method}", "distill.ipc=1")
+
+
+@pytest.fixture
+def copy(done, tmp_path) -> Path:
+    """A copy of the finished matrix, to change."""
+    return Path(shutil.copytree(done, tmp_path / "copy"))
+
+
 @pytest.fixture(scope="module")
 def done(prepared_root, tmp_path_factory) -> Path:
     """The tiny matrix (TGDD and random, IPC 1) run to the end by `tgdd pipeline`."""
@@ -69,49 +79,40 @@ def test_changed_expert_setting_retrains_and_redoes_only_methods_that_use_trajec
     }
 
 
-def test_changed_inputs_are_noticed_without_any_config_change(done, tmp_path):
-    root = tmp_path / "copy"
-    shutil.copytree(done, root)
+def test_changed_inputs_are_noticed_without_any_config_change(copy):
     # Another synthetic set in place of the evaluated one (same settings, other content).
-    cfg = tiny_config(root, *MATRIX, "distill.method=random", "distill.ipc=1")
-    synthetic = paths.synthetic_file(cfg)
+    synthetic = paths.synthetic_file(cell(copy, "random"))
     synthetic.write_bytes(synthetic.read_bytes() + b"\0")
     # An evaluation written before evaluations recorded their settings.
-    tgdd_cfg = tiny_config(root, *MATRIX, "distill.method=tgdd", "distill.ipc=1")
-    old = paths.evaluation_file(tgdd_cfg, "convnet-1-w16")
+    old = paths.evaluation_file(cell(copy, "tgdd"), "convnet-1-w16")
     result = json.loads(old.read_text())
     del result["evaluate"]
     old.write_text(json.dumps(result))
-    assert planned(root) == {
+    assert planned(copy) == {
         ("evaluate", "random"): "its synthetic set changed",
         ("evaluate", "tgdd"): "written by an older tgdd, without its evaluate settings",
         ("report", ""): "always",
     }
 
 
-def test_rerun_after_a_change_brings_everything_up_to_date(done, tmp_path):
-    root = tmp_path / "copy"
-    shutil.copytree(done, root)
-    steps.pipeline(tiny_config(root, *MATRIX, "evaluate.epochs=3"))
-    assert planned(root, "evaluate.epochs=3") == {("report", ""): "always"}
-    cfg = tiny_config(root, *MATRIX, "distill.method=tgdd", "distill.ipc=1")
-    assert json.loads(paths.evaluation_file(cfg, "convnet-1-w16").read_text())["protocol_settings"]["epochs"] == 3
+def test_rerun_after_a_change_brings_everything_up_to_date(copy):
+    steps.pipeline(tiny_config(copy, *MATRIX, "evaluate.epochs=3"))
+    assert planned(copy, "evaluate.epochs=3") == {("report", ""): "always"}
+    result = json.loads(paths.evaluation_file(cell(copy, "tgdd"), "convnet-1-w16").read_text())
+    assert result["protocol_settings"]["epochs"] == 3
 
 
-def test_expert_training_recipe_is_part_of_the_trajectories_identity(done, tmp_path):
+def test_expert_training_recipe_is_part_of_the_trajectories_identity(copy):
     """`tgdd experts` with another learning rate retrains (it used to keep the old files), and
     distillation refuses trajectories of another recipe, naming the setting."""
-    root = tmp_path / "copy"
-    shutil.copytree(done, root)
-    cfg = tiny_config(root, *MATRIX)
-    first = paths.experts_dir(cfg) / "trajectory_00.pt"
+    first = paths.experts_dir(tiny_config(copy, *MATRIX)) / "trajectory_00.pt"
     before = first.read_bytes()
-    steps.experts(tiny_config(root, *MATRIX, "experts.checkpoint_every=2"))  # no recipe change: kept
+    steps.experts(tiny_config(copy, *MATRIX, "experts.checkpoint_every=2"))  # no recipe change: kept
     assert first.read_bytes() == before
-    steps.experts(tiny_config(root, *MATRIX, "experts.lr=0.02"))
+    steps.experts(tiny_config(copy, *MATRIX, "experts.lr=0.02"))
     assert first.read_bytes() != before
     with pytest.raises(TgddError, match=r"lr: have 0\.02, config wants 0\.01"):
-        steps.distill(tiny_config(root, *MATRIX, "distill.method=tgdd", "distill.ipc=1"))
+        steps.distill(cell(copy, "tgdd"))
 
 
 def test_changes_lists_each_differing_key():

@@ -275,6 +275,13 @@ def config_dict(config: Config) -> dict[str, Any]:
     return config.model_dump(mode="json")
 
 
+def section_settings(config: Config, name: str, *drop: str) -> dict[str, Any]:
+    """One config section as plain data, without ``drop`` (keys an output's path already holds):
+    what a step's output depends on, for the workflow's ``params``, the records in artifacts and
+    `tgdd pipeline`'s freshness check."""
+    return {key: value for key, value in config_dict(config)[name].items() if key not in drop}
+
+
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: for parameter logging and key listings."""
     flat: dict[str, Any] = {}

@@ -12,12 +12,11 @@ from tqdm.auto import tqdm
 
 from tgdd import paths
 from tgdd.artifacts import provenance, read_json, sha256_file, write_json
-from tgdd.config import Config
+from tgdd.config import Config, section_settings
 from tgdd.data.prepared import load_prepared
 from tgdd.data.registry import get_dataset
 from tgdd.dsa_strategy import without_flip
 from tgdd.errors import TgddError
-from tgdd.freshness import section_settings
 from tgdd.models import build_model
 from tgdd.protocols import PROTOCOLS, Protocol, TrainSettings  # noqa: F401  (re-exported)
 from tgdd.runtime import derive_seed, generator, numpy_rng, seeded_init

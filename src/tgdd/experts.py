@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from tgdd.artifacts import provenance, read_checked, read_json, sha256_file, torch_load, torch_save, write_json
 from tgdd.checkpoint import Checkpointer, StopRequested, stop_on_signals
-from tgdd.config import Config
+from tgdd.config import Config, section_settings
 from tgdd.data.prepared import PreparedSplit
 from tgdd.errors import TgddError
 from tgdd.models import build_model
@@ -55,25 +55,11 @@ def _snapshot(model: nn.Module) -> StateDict:
 
 
 def expected_identity(cfg: Config, train: PreparedSplit) -> dict:
-    """What a trajectory set must match to be used under ``cfg``: its data and network, and the
-    whole training recipe (a trajectory trained with another learning rate is another trajectory,
-    so `tgdd experts` retrains rather than keeps it)."""
-    e = cfg.experts
-    return {
-        "dataset": cfg.dataset,
-        "arch": e.arch,
-        "epochs": e.epochs,
-        "train_per_class": e.train_per_class,
-        "num_classes": train.num_classes,
-        "train_sha256": train.sha256,
-        "batch_size": e.batch_size,
-        "lr": e.lr,
-        "momentum": e.momentum,
-        "weight_decay": e.weight_decay,
-        "augment": e.augment,
-        "cutmix_prob": e.cutmix_prob,
-        "cutmix_beta": e.cutmix_beta,
-    }
+    """What a trajectory set must match to be used under ``cfg``: its data, and every experts
+    setting but how many trajectories and how often to checkpoint (a trajectory trained with
+    another learning rate is another trajectory, so `tgdd experts` retrains rather than keeps it)."""
+    recipe = section_settings(cfg, "experts", "num_trajectories", "checkpoint_every")
+    return {"dataset": cfg.dataset, "num_classes": train.num_classes, "train_sha256": train.sha256, **recipe}
 
 
 def expert_training_set(cfg: Config, train: PreparedSplit) -> PreparedSplit:

@@ -16,15 +16,7 @@ from typing import Any
 
 from tgdd import paths
 from tgdd.artifacts import read_json, sha256_file
-from tgdd.config import Config, config_dict
-
-
-def section_settings(cfg: Config, name: str, *drop: str) -> dict[str, Any]:
-    """One config section as plain data, without ``drop`` (keys an output's path already holds).
-    What a step's output depends on, for the workflow's ``params`` and for this module."""
-    values = config_dict(cfg)[name]
-    return {key: value for key, value in values.items() if key not in drop}
-
+from tgdd.config import Config, section_settings
 
 _ABSENT = object()
 
@@ -48,11 +40,20 @@ class Freshness:
 
     def __init__(self) -> None:
         self._hashes: dict[Path, str] = {}
+        self._train_hashes: dict[Path, str | None] = {}
 
     def _sha256(self, path: Path) -> str:
         if path not in self._hashes:
             self._hashes[path] = sha256_file(path)
         return self._hashes[path]
+
+    def _prepared_train_sha256(self, cell: Config) -> str | None:
+        """The training split's hash, from the data set's prepared manifest (None: not prepared)."""
+        manifest = paths.prepared_dir(cell) / "manifest.json"
+        if manifest not in self._train_hashes:
+            entry = (read_json(manifest).get("files") or {}).get("train.pt") or {} if manifest.is_file() else {}
+            self._train_hashes[manifest] = entry.get("sha256")
+        return self._train_hashes[manifest]
 
     def experts(self, cell: Config) -> str | None:
         """Why the cell's expert trajectories must be (re)trained or finished. `tgdd experts`
@@ -78,11 +79,9 @@ class Freshness:
         if found:
             return ", ".join(found)
         inputs = meta.get("inputs") or {}
-        prepared = paths.prepared_dir(cell) / "manifest.json"
-        if prepared.is_file():
-            entry = (read_json(prepared).get("files") or {}).get("train.pt") or {}
-            if inputs.get("train_sha256") != entry.get("sha256"):
-                return "the prepared training data changed"
+        train_sha256 = self._prepared_train_sha256(cell)
+        if train_sha256 is not None and inputs.get("train_sha256") != train_sha256:
+            return "the prepared training data changed"
         if uses_trajectories:
             if trajectories_redone:
                 return "its expert trajectories are (re)trained"

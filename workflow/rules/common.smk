@@ -19,10 +19,9 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from tgdd import paths
-from tgdd.config import load_config
+from tgdd.config import load_config, section_settings
 from tgdd.data.registry import get_dataset
 from tgdd.errors import TgddError
-from tgdd.freshness import section_settings
 from tgdd.protocols import PROTOCOLS
 from tgdd.methods import METHODS
 
@@ -261,7 +260,7 @@ def report_targets():
 # the job's own Config, per_dataset applied), so Snakemake's default `params` rerun trigger
 # redoes exactly the jobs whose settings changed in the config file. The keys a wildcard sets
 # are left out (they are in the paths already). `tgdd pipeline` applies the same rule to the
-# records in the artifacts (tgdd.freshness, which also defines section_settings).
+# records in the artifacts (tgdd.freshness).
 # ---------------------------------------------------------------------------------------------
 def section(name, *drop):
     def value(wildcards):

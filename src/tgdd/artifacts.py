@@ -2,17 +2,18 @@
 
 Every file is written to a temporary name in its target directory and renamed into place,
 so a killed job never leaves a file a later step (or Snakemake, or DVC) would take as
-complete. Every artifact embeds its provenance: code version, library versions, device.
+complete; files and directories get the mode the user's umask gives any new file. Every artifact embeds its provenance: code version, library versions, device.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import platform
+import secrets
 import subprocess
-import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -33,18 +34,36 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _new_file(directory: Path, name: str) -> Path:
+    """A new, empty, uniquely named file ``directory/.<name>.<random>.tmp``, created the way any
+    file the user writes is: mode 0666 less the umask (or as the directory's default ACL says).
+
+    Not ``tempfile.mkstemp``: it creates 0600, and the rename would carry that into the artifact,
+    which the people sharing the project directory (a group, a shared DVC cache, an MLflow server
+    running as another user) then could not read.
+    """
+    for _ in range(100):
+        tmp = directory / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(directory / f".{name}.*.tmp"))
+
+
 @contextmanager
 def _temporary_sibling(path: Path):
-    """A temporary file next to ``path`` that replaces it only if the block succeeds."""
+    """A temporary file next to ``path`` that replaces it only if the block succeeds. Directories
+    are created as ``mkdir`` does (0777 less the umask), files as :func:`_new_file` does."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = _new_file(path.parent, path.name)
     except OSError as exc:
         raise TgddError(f"cannot write to {path.parent}: {exc.strerror}") from None
-    os.close(fd)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

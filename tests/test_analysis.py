@@ -79,19 +79,23 @@ def test_analyze_on_tiny_digits(prepared_root: Path, tmp_path: Path, caplog):
     shutil.copytree(prepared_root / "data", tmp_path / "data")
     cfg = tiny_config(tmp_path, "experts.num_trajectories=1", "distill.ipc=2")
 
+    csv = paths.tables_dir(cfg) / "class_overlap.csv"
+    png = paths.tables_dir(cfg) / "tsne_digits_ipc2.png"
+    assert paths.class_overlap_file(cfg) == csv and paths.tsne_figure(cfg, 2) == png
+    # Nothing to analyse: the table is still written (the workflow declares it), without rows.
     with caplog.at_level(logging.WARNING, logger="tgdd.analysis"):
-        assert analyze(cfg) == []  # nothing distilled yet
+        assert analyze(cfg) == [csv]  # nothing distilled yet
+    assert pd.read_csv(csv).empty and "dataset" in pd.read_csv(csv).columns
     steps.distill(cfg.with_overrides("distill.method=random"))
     with caplog.at_level(logging.WARNING, logger="tgdd.analysis"):
-        assert analyze(cfg) == []  # a synthetic set but no trajectories: skipped, no error
+        assert analyze(cfg) == [csv]  # a synthetic set but no trajectories: skipped, no error
     assert "no expert trajectories" in caplog.text
+    assert pd.read_csv(csv).empty and not png.exists()
 
     steps.experts(cfg)
     steps.distill(cfg.with_overrides("distill.method=tgdd"))
     written = analyze(cfg, real_per_class=20, tsne_real_points=100)
 
-    csv = paths.tables_dir(cfg) / "class_overlap.csv"
-    png = paths.tables_dir(cfg) / "tsne_digits_ipc2.png"
     assert written == [csv, png]
     table = pd.read_csv(csv)
     assert list(table.columns) == ["dataset", "method", "ipc", "n_images", "knn_purity", "silhouette", "class_balance"]

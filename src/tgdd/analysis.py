@@ -1,11 +1,13 @@
 """Class overlap and balance of synthetic sets in a trained expert's feature space.
 
 The paper claims TGDD's synthetic sets are more evenly spread and overlap less across
-classes than DM's. :func:`analyze` embeds every synthetic set of a data set (and a fixed,
+classes than DM's. :func:`analyze_dataset` embeds every synthetic set of a data set (and a fixed,
 class-balanced sample of real *training* images, never the test set) with a trained expert
 and measures three things per set (:func:`knn_class_purity`, :func:`silhouette`,
-:func:`class_balance`), written to ``tables/class_overlap.csv``, plus one t-SNE figure per
-IPC (``tables/tsne_<dataset>_ipc<k>.png``, one panel per method).
+:func:`class_balance`). :func:`analyze` does this for every data set of the matrix and writes
+one table across them all (``tables/class_overlap.csv``, a ``dataset`` column), plus one t-SNE
+figure per data set and IPC (``tables/tsne_<dataset>_ipc<k>.png``, one panel per method); the
+paths come from :mod:`tgdd.paths`.
 
 Caveat: the metrics are computed on the *decoded* synthetic images, so with multi-formation
 (factor f > 1) the f*f tiles of one stored image are neighbours of each other and count as
@@ -38,7 +40,6 @@ from tgdd.synthetic import load_synthetic
 log = logging.getLogger(__name__)
 
 COLUMNS = ["dataset", "method", "ipc", "n_images", "knn_purity", "silhouette", "class_balance"]
-OVERLAP_CSV = "class_overlap.csv"
 REAL = "real"
 
 
@@ -220,6 +221,11 @@ def synthetic_files(cfg: Config) -> list[Path]:
     return sorted(root.glob(f"*/ipc*/seed{cfg.seed}/synthetic.pt"))
 
 
+def analyzed_datasets(cfg: Config) -> list[str]:
+    """The data sets `tgdd report` analyses: the config's own, then every one of its matrix."""
+    return list(dict.fromkeys([cfg.dataset, *cfg.matrix.datasets]))
+
+
 def analyze(
     cfg: Config,
     *,
@@ -227,19 +233,47 @@ def analyze(
     real_per_class: int = 50,
     tsne_real_points: int = 300,
 ) -> list[Path]:
+    """Analyse every data set of :func:`analyzed_datasets` (each with its ``per_dataset``
+    settings) and write one class-overlap table across them all, with a ``dataset`` column, and
+    their t-SNE figures (:func:`analyze_dataset`). The table is always written, with no rows for
+    a data set that has no synthetic sets or no usable trajectories (a warning says which), so
+    that the workflow can declare it. Returns the table's path, then the figures'."""
+    rows: list[dict] = []
+    figures: list[Path] = []
+    for dataset in analyzed_datasets(cfg):
+        dataset_rows, dataset_figures = analyze_dataset(
+            cfg.with_overrides(f"dataset={dataset}"),
+            k=k,
+            real_per_class=real_per_class,
+            tsne_real_points=tsne_real_points,
+        )
+        rows += dataset_rows
+        figures += dataset_figures
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    return [atomic_write(paths.class_overlap_file(cfg), lambda tmp: table.to_csv(tmp, index=False)), *figures]
+
+
+def analyze_dataset(
+    cfg: Config,
+    *,
+    k: int = 5,
+    real_per_class: int = 50,
+    tsne_real_points: int = 300,
+) -> tuple[list[dict], list[Path]]:
     """Embed every synthetic set of ``cfg.dataset`` (seed ``cfg.seed``) and a class-balanced
-    real training sample with a trained expert; write ``tables/class_overlap.csv`` and one
-    ``tables/tsne_<dataset>_ipc<k>.png`` per IPC. Returns the paths written ([] when there
-    are no synthetic sets or no usable trajectories)."""
+    real training sample with a trained expert; write one t-SNE figure per IPC
+    (:func:`tgdd.paths.tsne_figure`). Returns the table rows (synthetic sets by IPC and method,
+    then the real sample) and the figures' paths; none when there are no synthetic sets or no
+    usable trajectories."""
     files = synthetic_files(cfg)
     if not files:
         log.warning("class-overlap analysis skipped: no synthetic sets for %s seed %d", cfg.dataset, cfg.seed)
-        return []
+        return [], []
     train = load_prepared(paths.prepared_dir(cfg), "train", cfg.dataset)
     device = resolve_device(cfg.device)
     model = load_expert(cfg, train, device)
     if model is None:
-        return []
+        return [], []
 
     pick = real_sample(train, real_per_class, cfg.seed)
     real_labels = train.labels[pick]
@@ -263,9 +297,6 @@ def analyze(
         {"dataset": cfg.dataset, "method": s.method, "ipc": s.ipc, "n_images": len(s.labels), **s.metrics}
         for s in [*sets, real]
     ]
-    table = pd.DataFrame(rows, columns=COLUMNS)
-    tables = paths.tables_dir(cfg)
-    written = [atomic_write(tables / OVERLAP_CSV, lambda tmp: table.to_csv(tmp, index=False))]
     for s in sets:
         log.info(
             "%s %s ipc%d: kNN purity %.3f, silhouette %.3f, class balance (CV) %.3f",
@@ -278,11 +309,12 @@ def analyze(
         )
 
     shown = _first_per_class(real.labels, max(1, tsne_real_points // train.num_classes))
+    figures = []
     for ipc in sorted({s.ipc for s in sets}):
         panels = [s for s in sets if s.ipc == ipc]
-        path = tables / f"tsne_{cfg.dataset}_ipc{ipc}.png"
-        written.append(_tsne_figure(path, panels, real.features[shown], real.labels[shown], train.num_classes, cfg))
-    return written
+        path = paths.tsne_figure(cfg, ipc)
+        figures.append(_tsne_figure(path, panels, real.features[shown], real.labels[shown], train.num_classes, cfg))
+    return rows, figures
 
 
 def _tsne(features: np.ndarray, seed: int) -> np.ndarray:

@@ -33,3 +33,13 @@ def evaluation_file(cfg: Config, arch: str) -> Path:
 
 def tables_dir(cfg: Config) -> Path:
     return cfg.paths.results / "tables"
+
+
+def class_overlap_file(cfg: Config) -> Path:
+    """The class-overlap table of every analysed data set (one ``dataset`` column)."""
+    return tables_dir(cfg) / "class_overlap.csv"
+
+
+def tsne_figure(cfg: Config, ipc: int) -> Path:
+    """The t-SNE figure of ``cfg.dataset``'s synthetic sets at ``ipc`` images per class."""
+    return tables_dir(cfg) / f"tsne_{cfg.dataset}_ipc{ipc}.png"

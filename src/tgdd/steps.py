@@ -87,8 +87,7 @@ def report(cfg: Config) -> list[Path]:
 
     eval_root = cfg.paths.results / "eval"
     written, markdown = write_report(eval_root, paths.tables_dir(cfg))
-    for dataset in dict.fromkeys([cfg.dataset, *cfg.matrix.datasets]):
-        written += analyze(cfg.with_overrides(f"dataset={dataset}"))
+    written += analyze(cfg)  # every data set of the matrix, in one table
     print(markdown)
     if cfg.tracking.enabled:
         from tgdd.tracking import log_results

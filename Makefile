@@ -21,18 +21,25 @@ run: setup
 	$(BIN)/snakemake --cores all --configfile $(CONFIG)
 
 LINTED := src tests benchmarks workflow/scripts
+SNAKEFILES := Snakefile $(wildcard workflow/rules/*.smk)
+SNAKEFMT := $(BIN)/snakefmt --line-length 120
 
-## The whole test suite (what CI runs): lint, format check, tests.
+## The whole test suite (what CI runs): lint, format check (Python and Snakemake files), the
+## workflow's lint, tests.
 test: setup
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
+	$(SNAKEFMT) --check $(SNAKEFILES)
+	$(BIN)/snakemake --lint
 	@$(BIN)/pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 lint: setup
 	$(BIN)/ruff check $(LINTED) && $(BIN)/ruff format --check $(LINTED)
+	$(SNAKEFMT) --check $(SNAKEFILES) && $(BIN)/snakemake --lint
 
 format: setup
 	$(BIN)/ruff check --fix $(LINTED) && $(BIN)/ruff format $(LINTED)
+	$(SNAKEFMT) $(SNAKEFILES)
 
 ## Regenerate the files derived from the typed config (workflow schema, README key table).
 generated: setup

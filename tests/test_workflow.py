@@ -19,12 +19,14 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
 from tgdd.config import Config, build_config, config_dict
 
 from .conftest import TINY
+from .test_data import write_mnist_like
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -216,6 +218,42 @@ def test_each_data_set_gets_its_per_dataset_matrix(tmp_path):
         "all": 1,
     }, out[-3000:]
     assert "results/eval/mnist/random/ipc10/seed1/convnet-2-w64__dc.json" in out
+
+
+@pytest.mark.slow
+def test_every_data_set_keeps_its_tables_and_figures(tmp_path):
+    """Two data sets through Snakemake, digits and a tiny Fashion-MNIST written here as IDX files
+    (TGDD at IPC 1 only: 9 jobs): every table covers both, each has its t-SNE figure, and the
+    report job declares them all (a rerun, under another spelling of the config file's name, has
+    nothing to do). The paper publishes no TGDD number for either: the published comparison is empty."""
+    tree = tiny_tree(matrix__datasets=["digits", "fashion_mnist"], matrix__methods=["tgdd"])
+    project = make_project(tmp_path / "project", tree)
+    write_mnist_like(project / "data" / "raw", n_train=40, n_test=20)
+    tables = project / "results" / "tables"
+    both = ["digits", "fashion_mnist"]
+    figures = [tables / f"tsne_{dataset}_ipc1.png" for dataset in both]
+
+    dry = snakemake("-n", "--cores", "2", cwd=project).stdout
+    report_job = dry.split("rule tgdd_report:", 1)[1].split("\n\n", 1)[0]
+    for path in [tables / "class_overlap.csv", *figures]:
+        assert str(path.relative_to(project)) in report_job, report_job
+
+    snakemake("--cores", "2", "--configfile", str(project / "config" / "config.yaml"), cwd=project, limit=400)
+    assert sorted(set(pd.read_csv(tables / "summary.csv")["dataset"])) == both
+    assert sorted(json.loads((tables / "metrics.json").read_text())) == both
+    summary_md = (tables / "summary.md").read_text()
+    assert "digits IPC 1" in summary_md and "fashion_mnist IPC 1" in summary_md
+    assert (tables / "published_comparison.md").read_text() == "No cell matches a published one.\n"
+    overlap = pd.read_csv(tables / "class_overlap.csv")
+    assert sorted(zip(overlap["dataset"], overlap["method"], strict=True)) == [
+        ("digits", "real"),
+        ("digits", "tgdd"),
+        ("fashion_mnist", "real"),
+        ("fashion_mnist", "tgdd"),
+    ]
+    for figure in figures:
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Nothing to be done" in snakemake("-n", "--cores", "1", cwd=project).stdout
 
 
 def test_invalid_config_is_refused_before_any_job(tmp_path):

@@ -1,4 +1,4 @@
-# Shared by every rule file: the tgdd config this run uses, the experiment matrix, the
+# Shared by the other workflow files: the tgdd config this run uses, the experiment matrix, the
 # artifact paths (all from tgdd.paths, the one source of truth) and the resource rules.
 #
 # The workflow has no settings of its own: everything comes from ONE tgdd config file (the
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 from snakemake.exceptions import WorkflowError
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 from tgdd import paths
@@ -24,7 +25,6 @@ from tgdd.data.registry import get_dataset
 from tgdd.errors import TgddError
 from tgdd.protocols import PROTOCOLS
 from tgdd.methods import METHODS
-
 
 # ---------------------------------------------------------------------------------------------
 # The config file.
@@ -141,11 +141,17 @@ wildcard_constraints:
 
 # ---------------------------------------------------------------------------------------------
 # The tgdd command: the one installed next to the Python that runs Snakemake (and imported
-# tgdd above), so the workflow and the CLI are the same code even without an activated venv.
+# tgdd above), so the workflow and the CLI are the same code even without an activated venv;
+# with `--sdm conda`, the one of the rules' environment (workflow/envs/tgdd.yaml).
+# The command and the config file reach the shell commands as params (`snakemake --lint`), as
+# Path objects: Snakemake's params rerun trigger records only params of builtin types, so another
+# spelling of the config file's name (relative, absolute, the config/quick.yaml link) or another
+# installation reruns nothing. What a job computes is in its section params and its overrides.
 # ---------------------------------------------------------------------------------------------
 _tgdd_next_to_python = Path(sys.executable).with_name("tgdd")
-TGDD = shlex.quote(str(_tgdd_next_to_python)) if _tgdd_next_to_python.is_file() else "tgdd"
-TGDD_CONFIG = f"--config {shlex.quote(CONFIGFILE)}"
+_conda = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+TGDD = _tgdd_next_to_python if _tgdd_next_to_python.is_file() and not _conda else Path("tgdd")
+TGDD_CONFIG = Path(CONFIGFILE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,13 +175,18 @@ SYNTHETIC_DIR = str(paths.synthetic_dir(_P))
 SYNTHETIC = str(paths.synthetic_file(_P))
 EVALUATION = str(paths.evaluation_file(_P, "{arch}"))
 TABLES_DIR = str(paths.tables_dir(BASE))
-TABLES = {name: f"{TABLES_DIR}/{name}" for name in ("summary.csv", "summary.md", "published_comparison.md", "metrics.json")}
+TABLES = {
+    name: f"{TABLES_DIR}/{name}" for name in ("summary.csv", "summary.md", "published_comparison.md", "metrics.json")
+}
+CLASS_OVERLAP = str(paths.class_overlap_file(BASE))
 
 
 def _checked(pattern, actual, **wildcards):
     expected = pattern.format(**wildcards)
     if expected != str(actual):
-        raise WorkflowError(f"workflow path {expected} differs from tgdd.paths ({actual}): fix workflow/rules/common.smk")
+        raise WorkflowError(
+            f"workflow path {expected} differs from tgdd.paths ({actual}): fix workflow/rules/common.smk"
+        )
     return expected
 
 
@@ -195,7 +206,9 @@ def experts_manifest(cfg):
 
 def synthetic_file(cfg):
     d = cfg.distill
-    return _checked(SYNTHETIC, paths.synthetic_file(cfg), dataset=cfg.dataset, seed=cfg.seed, method=d.method, ipc=d.ipc)
+    return _checked(
+        SYNTHETIC, paths.synthetic_file(cfg), dataset=cfg.dataset, seed=cfg.seed, method=d.method, ipc=d.ipc
+    )
 
 
 def evaluation_file(cfg, arch):
@@ -250,9 +263,29 @@ def evaluation_targets():
     return targets
 
 
+def analyzed(dataset):
+    """Whether `tgdd report` analyses the class overlap of a data set of the matrix: it embeds the
+    synthetic sets of the config's seed with that seed's trajectories (tgdd.analysis), which the
+    matrix trains when the seed is one of its seeds and one of its methods needs them."""
+    cfg = dataset_config(dataset)
+    return cfg.seed in cfg.matrix.seeds and any(needs_trajectories(m) for m in cfg.matrix.methods)
+
+
+def tsne_figures():
+    """The t-SNE figures `tgdd report` writes: one per analysed data set and IPC."""
+    return list(
+        dict.fromkeys(
+            str(paths.tsne_figure(dataset_config(d), ipc))
+            for d in DATASETS
+            if analyzed(d)
+            for ipc in dataset_config(d).matrix.ipcs
+        )
+    )
+
+
 def report_targets():
     _checked(TABLES["summary.csv"], paths.tables_dir(BASE) / "summary.csv")
-    return list(TABLES.values())
+    return [*TABLES.values(), CLASS_OVERLAP, *tsne_figures()]
 
 
 # ---------------------------------------------------------------------------------------------

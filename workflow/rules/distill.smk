@@ -14,17 +14,21 @@ rule tgdd_distill:
             subcategory="{dataset}",
             labels={"method": "{method}", "IPC": "{ipc}", "seed": "{seed}"},
         ),
-    params:
-        overrides=shell_overrides,
-        distill=section("distill", "method", "ipc"),
     log:
         "logs/tgdd_distill/{dataset}/{method}/ipc{ipc}/seed{seed}.log",
     benchmark:
         "logs/benchmarks/tgdd_distill/{dataset}/{method}/ipc{ipc}/seed{seed}.tsv"
+    conda:
+        "../envs/tgdd.yaml"
     threads: threads_for
     resources:
         gpu=GPUS["distill"],
         mem_mb=mem_mb("distill"),
         runtime=runtime_min("distill"),
+    params:
+        tgdd=TGDD,
+        config=TGDD_CONFIG,
+        overrides=shell_overrides,
+        distill=section("distill", "method", "ipc"),
     shell:
-        "{TGDD} distill {TGDD_CONFIG} {params.overrides} threads={threads} > {log} 2>&1"
+        "{params.tgdd:q} distill --config {params.config:q} {params.overrides} threads={threads} > {log} 2>&1"

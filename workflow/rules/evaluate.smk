@@ -8,17 +8,21 @@ rule tgdd_evaluate:
         unpack(evaluate_inputs),
     output:
         EVALUATION,
-    params:
-        overrides=shell_overrides,
-        evaluate=section("evaluate", "archs", "protocol"),
     log:
         "logs/tgdd_evaluate/{dataset}/{method}/ipc{ipc}/seed{seed}/{arch}__{protocol}.log",
     benchmark:
         "logs/benchmarks/tgdd_evaluate/{dataset}/{method}/ipc{ipc}/seed{seed}/{arch}__{protocol}.tsv"
+    conda:
+        "../envs/tgdd.yaml"
     threads: threads_for
     resources:
         gpu=GPUS["evaluate"],
         mem_mb=mem_mb("evaluate"),
         runtime=runtime_min("evaluate"),
+    params:
+        tgdd=TGDD,
+        config=TGDD_CONFIG,
+        overrides=shell_overrides,
+        evaluate=section("evaluate", "archs", "protocol"),
     shell:
-        "{TGDD} evaluate {TGDD_CONFIG} {params.overrides} threads={threads} > {log} 2>&1"
+        "{params.tgdd:q} evaluate --config {params.config:q} {params.overrides} threads={threads} > {log} 2>&1"

@@ -8,17 +8,21 @@ rule tgdd_experts:
         f"{PREPARED_DIR}/manifest.json",
     output:
         manifest=f"{EXPERTS_DIR}/manifest.json",
-    params:
-        overrides=shell_overrides,
-        experts=section("experts"),
     log:
         "logs/tgdd_experts/{dataset}/{experts_arch}/seed{seed}.log",
     benchmark:
         "logs/benchmarks/tgdd_experts/{dataset}/{experts_arch}/seed{seed}.tsv"
+    conda:
+        "../envs/tgdd.yaml"
     threads: threads_for
     resources:
         gpu=GPUS["experts"],
         mem_mb=mem_mb("experts"),
         runtime=runtime_min("experts"),
+    params:
+        tgdd=TGDD,
+        config=TGDD_CONFIG,
+        overrides=shell_overrides,
+        experts=section("experts"),
     shell:
-        "{TGDD} experts {TGDD_CONFIG} {params.overrides} threads={threads} > {log} 2>&1"
+        "{params.tgdd:q} experts --config {params.config:q} {params.overrides} threads={threads} > {log} 2>&1"

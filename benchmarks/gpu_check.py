@@ -38,9 +38,7 @@ def check_correctness(device: torch.device) -> list[tuple[str, float, float]]:
     expert = build_model("convnet-3", 3, 32, 10).eval()
     real, syn = _tiny_inputs()
     mean, std = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.25, 0.25, 0.25])
-    drawn = DiffAugment("color_crop_cutout_scale_rotate", mode="multiple").draw(
-        1, torch.Generator().manual_seed(1), "cpu"
-    )
+    drawn = DiffAugment("color_crop_cutout_scale_rotate", "dsa-all").draw(1, torch.Generator().manual_seed(1), "cpu")
 
     def run(dev: torch.device):
         ext, exp = extractor.to(dev), expert.to(dev)

@@ -589,12 +589,12 @@ class TimedSampler(ClassSampler):
         self.clock, self.channels_last = clock, channels_last
         self.init_draws, self.draws = split.num_classes, 0
 
-    def sample(self, c: int, n: int, gen: torch.Generator) -> torch.Tensor:
+    def pixels(self, c: int, positions: torch.Tensor) -> torch.Tensor:
         self.draws += 1
         in_loop = self.draws > self.init_draws
         if in_loop:
             self.clock.class_started()
-        batch = super().sample(c, n, gen)
+        batch = super().pixels(c, positions)
         return batch.contiguous(memory_format=torch.channels_last) if in_loop and self.channels_last else batch
 
 

@@ -55,7 +55,9 @@ def test_pipeline_artifacts(tiny_run: Path):
     syn_cfg = cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"method": "tgdd", "ipc": 2})})
     syn = load_synthetic(paths.synthetic_file(syn_cfg))
     assert syn.images.shape == (10 * 2, 1, 16, 16) and syn.factor == 2
-    assert syn.images.min() >= 0 and syn.images.max() <= 1
+    # clamped to [0, 1] before each iteration, stored after the last step unclamped (as the authors')
+    assert syn.images.min() > -0.5 and syn.images.max() < 1.5 and not torch.equal(syn.images, syn.images.clamp(0, 1))
+    assert (syn.meta["settings"]["init"], syn.meta["settings"]["augment_semantics"]) == ("mix", "idc")
     assert syn.meta["settings"]["alpha"] == 2.5 and syn.meta["config"]["seed"] == 0
     assert syn.meta["code"]["git_commit"] is not None
     assert (paths.synthetic_dir(syn_cfg) / "grid.png").read_bytes()[:4] == b"\x89PNG"
@@ -126,8 +128,10 @@ def test_missing_inputs_give_clear_errors(tmp_path: Path, tiny_run: Path):
     shutil.copytree(tiny_run / "results" / "experts", tmp_path / "results" / "experts")
     with pytest.raises(TgddError, match=r"do not match the config \(epochs: have 2, config wants 3\)"):
         steps.distill(tiny_config(tmp_path, "experts.epochs=3"))
-    with pytest.raises(TgddError, match="distill.ipc=500 needs 500 real images per class"):
+    with pytest.raises(TgddError, match="distill.ipc=500 needs 2000 real images per class"):  # mix: f*f each
         steps.distill(tiny_config(tmp_path, "distill.ipc=500"))
+    with pytest.raises(TgddError, match="distill.ipc=500 needs 500 real images per class"):
+        steps.distill(tiny_config(tmp_path, "distill.ipc=500", "distill.init=real"))
 
 
 def test_cli_errors_are_one_line_and_nonzero(tmp_path: Path):

@@ -115,10 +115,32 @@ def test_every_declared_method_has_its_implementation():
     for name in METHODS.names():
         method = load_method(name)
         assert method.__class__.__module__ == METHODS.get(name).module
-        assert callable(method.defaults) and callable(method.run)
-        iterations = method.defaults(1, get_dataset("digits"))["iterations"]
+        assert callable(method.run)
+        iterations = METHODS.get(name).defaults(1, get_dataset("digits"))["iterations"]
         assert (iterations > 0) == METHODS.get(name).optimizes_images, name
     assert set(_IMPLEMENTATIONS) == set(METHODS.names())
+
+
+def test_torch_free_names_agree_with_the_implementations():
+    """Cards, config literals and the torch modules name the same mechanisms."""
+    import typing
+
+    from tgdd.augment import GROUP_CHOICE
+    from tgdd.config import DistillConfig, Semantics
+    from tgdd.data.prepared import REAL_BATCHES
+    from tgdd.dsa_strategy import SEMANTICS
+    from tgdd.methods import IMAGE_SPACES, IMAGE_UPDATES, METHODS
+    from tgdd.synthetic import INITIALISATIONS
+
+    init_names = set(typing.get_args(typing.get_args(DistillConfig.model_fields["init"].annotation)[0]))
+    assert init_names == set(INITIALISATIONS)
+    assert set(typing.get_args(Semantics)) == set(SEMANTICS) == set(GROUP_CHOICE)
+    for name in METHODS.names():
+        card = METHODS.get(name)
+        assert card.image_update in IMAGE_UPDATES and card.image_space in IMAGE_SPACES
+        assert card.real_batches in REAL_BATCHES
+        defaults = card.defaults(10, get_dataset("cifar10"))
+        assert defaults["init"] in INITIALISATIONS and defaults["augment_semantics"] in SEMANTICS
 
 
 @pytest.mark.slow

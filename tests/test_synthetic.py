@@ -28,11 +28,15 @@ def test_decode_equals_a_direct_crop_and_resize():
     assert torch.allclose(out[4 + 2], expected[0])  # image 1, tile (row 1, col 0)
 
 
-def test_tile_then_decode_recovers_constant_images():
+def test_tile_then_decode_recovers_constant_images_in_the_authors_layout():
+    """Tile k of stored image m is input image k*n + m (IDC's ``mix``), so decoding returns the
+    inputs tile-major per stored image."""
     x = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 1, 8, 8).contiguous()
     tiled = tile(x, 2)
     assert tiled.shape == (2, 1, 8, 8)
-    assert torch.allclose(decode(tiled, 2), x)
+    n = 2
+    expected = torch.stack([x[k * n + m] for m in range(n) for k in range(4)])
+    assert torch.allclose(decode(tiled, 2), expected)
 
 
 @pytest.mark.parametrize(("n", "nrow", "channels"), [(10, 10, 1), (7, 3, 3), (20, 10, 1), (2, 10, 3)])

@@ -2,10 +2,12 @@
 
 Written by hand rather than with kornia because the field's numbers depend on DSA's exact
 parametrisation (additive brightness, per-image contrast, integer-shift crop, centred
-cutout...), and every draw here comes from an explicit ``torch.Generator``, never the clock
-or the global RNG. Each transform separates *drawing* its parameters (one per image, or one
-shared by a whole siamese call) from *applying* them, so the same draw can be applied to a
-real and a synthetic batch alike and gradients reach the input pixels.
+cutout...) and on which transforms a strategy string applies per call, which differs between the
+DC/DSA/DM and the IDC/DANCE/TGDD code bases (:data:`tgdd.dsa_strategy.SEMANTICS`). Every draw
+comes from an explicit ``torch.Generator``, never the clock or the global RNG. Each transform
+separates *drawing* its parameters (one per image, or one shared by a whole siamese call) from
+*applying* them, so the same draw can be applied to a real and a synthetic batch alike and
+gradients reach the input pixels.
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tgdd.dsa_strategy import GROUPS, check_strategy, without_flip  # noqa: F401  (re-exported)
+from tgdd.dsa_strategy import (  # noqa: F401  (re-exported)
+    GROUPS,
+    IDC_AFTER,
+    IDC_BEFORE,
+    SEMANTICS,
+    check_semantics,
+    check_strategy,
+    without_flip,
+)
 
 
 @dataclass(frozen=True)
@@ -58,8 +68,10 @@ def _contrast(x: torch.Tensor, r: torch.Tensor, p: DSAParams) -> torch.Tensor:
 
 
 def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=True)
-    return F.grid_sample(x, grid, align_corners=True)
+    """Both code bases call ``affine_grid``/``grid_sample`` with torch's defaults: since torch 1.3
+    that is ``align_corners=False`` (and bilinear sampling with zero padding)."""
+    grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False)
 
 
 def _scale(x: torch.Tensor, r: torch.Tensor, p: DSAParams) -> torch.Tensor:
@@ -147,14 +159,46 @@ class DrawnAugmentation:
         return x
 
 
+def _uniform_index(count: int, gen: torch.Generator) -> int:
+    return int(torch.randint(count, (1,), generator=gen, device=gen.device))
+
+
+def _one_group(groups: list[str], gen: torch.Generator) -> list[str]:
+    """DC/DSA/DM (``aug_mode='S'``): one group of the strategy, uniformly."""
+    return [groups[_uniform_index(len(groups), gen)]]
+
+
+def _idc_groups(groups: list[str], gen: torch.Generator) -> list[str]:
+    """IDC/DANCE/TGDD's DiffAug: flip and color if named, one of the other (geometric) groups
+    uniformly, cutout if named; in that order whatever the order of the string."""
+    geometric = [g for g in groups if g not in IDC_BEFORE + IDC_AFTER]
+    chosen = [g for g in IDC_BEFORE if g in groups]
+    if geometric:
+        chosen.append(geometric[_uniform_index(len(geometric), gen)] if len(geometric) > 1 else geometric[0])
+    return chosen + [g for g in IDC_AFTER if g in groups]
+
+
+GROUP_CHOICE: dict[str, Callable[[list[str], torch.Generator], list[str]]] = {
+    "dsa": _one_group,
+    "idc": _idc_groups,
+    "dsa-all": lambda groups, _gen: list(groups),
+}
+assert set(GROUP_CHOICE) == set(SEMANTICS)
+
+
 @dataclass(frozen=True)
 class DiffAugment:
-    """DSA with a strategy. ``single`` mode (the DSA default) applies one group per call,
-    chosen at random; ``multiple`` applies every group in turn."""
+    """DSA with a strategy string read under named ``semantics`` (see :data:`SEMANTICS`): which
+    groups one call applies. Within a call, each transform's parameters are drawn per image
+    (network training) or once for every image (:meth:`siamese`, distribution matching)."""
 
     strategy: str
+    semantics: str = "dsa"
     params: DSAParams = DSAParams()
-    mode: str = "single"
+
+    def __post_init__(self) -> None:
+        check_semantics(self.semantics)
+        check_strategy(self.strategy)
 
     @property
     def enabled(self) -> bool:
@@ -162,9 +206,7 @@ class DiffAugment:
 
     def draw(self, n: int, gen: torch.Generator, device: torch.device) -> DrawnAugmentation:
         """Draw parameters for ``n`` images (``n=1`` for one draw shared by every image)."""
-        groups = self.strategy.split("_")
-        if self.mode == "single":
-            groups = [groups[int(torch.randint(len(groups), (1,), generator=gen, device=gen.device))]]
+        groups = GROUP_CHOICE[self.semantics](self.strategy.split("_"), gen)
         names = tuple(t for g in groups for t in GROUPS[g])
         values = tuple(_uniform(n, gen, device, TRANSFORMS[t].columns) for t in names)
         return DrawnAugmentation(names, values)

@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from tgdd.errors import TgddError
 from tgdd.registry import suggestion
 
+Semantics = Literal["dsa", "idc", "dsa-all"]  # tgdd.dsa_strategy.SEMANTICS (tested equal)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -42,6 +44,9 @@ class ExpertsConfig(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1, description="expert SGD momentum")
     weight_decay: float = Field(5e-4, ge=0, description="expert SGD weight decay")
     augment: str = Field("color_crop", description="DSA strategy per sample ('none' to disable)")
+    augment_semantics: Semantics = Field(
+        "idc", description="how the strategy is read: idc (the authors' pretrain.py: color and crop, every batch), dsa"
+    )
     cutmix_prob: float = Field(0.5, ge=0, le=1, description="probability of CutMix per expert batch")
     cutmix_beta: float = Field(1.0, gt=0, description="CutMix Beta(beta, beta) parameter")
     checkpoint_every: int = Field(1, ge=0, description="epochs between resumable checkpoints (0: never)")
@@ -55,18 +60,31 @@ class DistillConfig(_Strict):
     ipc: int = Field(10, ge=1, description="stored synthetic images per class")
     iterations: int | None = Field(None, ge=0, description="null: method default (TGDD 10000, DM 20000)")
     factor: int | None = Field(None, ge=1, description="multi-formation factor f; null: method default")
-    init: Literal["real", "mix"] = Field("real", description="real: one real image each; mix: f*f tiled")
+    init: Literal["mix", "mix-random", "real", "real-first"] | None = Field(
+        None,
+        description="start: mix = the first f*f*IPC real images of each class, each downsized (nearest) into a "
+        "tile (the authors', TGDD/DANCE default); mix-random = the same with a seeded random draw; real = one "
+        "random real image per stored image (DM's default); real-first = the first IPC images",
+    )
     alpha: float | None = Field(None, ge=0, description="weight of L_SDC; null: 2.5 at IPC<=10, 0.5 above")
     expert_region: int = Field(7, ge=1, description="L: the expert stage is drawn from j..j+L-1")
     lr_img: float | None = Field(None, gt=0, description="image learning rate; null: method/dataset rule")
     momentum: float = Field(0.5, ge=0, lt=1, description="image SGD momentum")
     real_batch: int | None = Field(None, ge=1, description="real images per class per step; null: method default")
     max_syn_per_class: int = Field(200, ge=1, description="decoded synthetic images per class per step")
-    dsa_strategy: str = Field("color_crop_cutout", description="siamese augmentation during matching")
+    dsa_strategy: str | None = Field(
+        None,
+        description="siamese augmentation during matching; null: the method's (TGDD/DANCE color_crop_cutout, "
+        "DM color_crop_cutout_flip_scale_rotate)",
+    )
+    augment_semantics: Semantics | None = Field(
+        None,
+        description="how dsa_strategy is read: idc (TGDD/DANCE) or dsa (DM: one group per call); null: the method's",
+    )
     batched_classes: bool = Field(
         False,
-        description="all classes in one forward pass: the same update; faster for small networks and on GPUs, "
-        "slower for wide ones on a CPU (benchmarks/README.md)",
+        description="all classes in one forward pass, the per-class steps then replayed: the same update "
+        "(docs/fidelity.md); faster for small networks and on GPUs, slower for wide ones on a CPU",
     )
     compile: bool = Field(
         False,
@@ -153,7 +171,8 @@ class Config(_Strict):
         for name in [self.experts.arch, *self.evaluate.archs]:
             check_model_name(name)
         PROTOCOLS.get(self.evaluate.protocol)
-        check_strategy(self.distill.dsa_strategy)
+        if self.distill.dsa_strategy is not None:
+            check_strategy(self.distill.dsa_strategy)
         check_strategy(self.experts.augment)
         for name in self.per_dataset:
             get_dataset(name)

@@ -20,14 +20,14 @@ from tgdd.errors import TgddError
 from tgdd.experts import load_trajectories
 from tgdd.methods import METHODS, DistillContext, DistillSettings, load_method, resolve_settings
 from tgdd.runtime import generator
-from tgdd.synthetic import SyntheticSet, save_grid, save_synthetic
+from tgdd.synthetic import SyntheticSet, images_needed, save_grid, save_synthetic
 
 log = logging.getLogger(__name__)
 
 
 def check_ipc(settings: DistillSettings, sampler: ClassSampler, num_classes: int) -> None:
-    """IPC must fit every class (times f*f real images each for the ``mix`` initialisation)."""
-    need = settings.ipc * (settings.factor**2 if settings.init == "mix" else 1)
+    """IPC must fit every class (times f*f real images each for the tiled ``mix`` initialisations)."""
+    need = images_needed(settings.init, settings.ipc, settings.factor)
     smallest = min(sampler.class_size(c) for c in range(num_classes))
     if need > smallest:
         raise TgddError(

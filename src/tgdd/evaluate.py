@@ -3,7 +3,7 @@ test set, under a named protocol. Reports last-epoch accuracy (no selection on t
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -14,37 +14,12 @@ from tgdd import paths
 from tgdd.artifacts import provenance, read_json, sha256_file, write_json
 from tgdd.config import Config, section_settings
 from tgdd.data.prepared import load_prepared
-from tgdd.data.registry import get_dataset
-from tgdd.dsa_strategy import without_flip
 from tgdd.errors import TgddError
 from tgdd.models import build_model
-from tgdd.protocols import PROTOCOLS, Protocol, TrainSettings  # noqa: F401  (re-exported)
+from tgdd.protocols import PROTOCOLS, Protocol, TrainSettings, protocol_settings, subset_epochs  # noqa: F401  (re-exported)
 from tgdd.runtime import derive_seed, generator, numpy_rng, seeded_init
 from tgdd.synthetic import load_synthetic
 from tgdd.train import accuracy, train_classifier
-
-
-def subset_epochs(images_per_class: int, num_classes: int) -> int:
-    """SPEC §5: evaluation epochs for the 128 px ImageNet subsets, by decoded images per class
-    (IPC x f^2); two thirds of that for 100 classes."""
-    steps = ((1, 3000), (10, 2000), (50, 1500), (200, 1000), (500, 500))
-    epochs = next((e for limit, e in steps if images_per_class <= limit), 300)
-    return epochs * 2 // 3 if num_classes >= 100 else epochs
-
-
-def protocol_settings(cfg: Config, images_per_class: int | None = None) -> TrainSettings:
-    """The protocol's training settings: epochs from the config if set, else the SPEC's rule for
-    the 128 px subsets under protocol ``tgdd``, else the protocol's; flips removed for data sets
-    whose labels a mirror image would change."""
-    settings = PROTOCOLS.get(cfg.evaluate.protocol).train
-    spec = get_dataset(cfg.dataset)
-    if cfg.evaluate.epochs is not None:
-        settings = replace(settings, epochs=cfg.evaluate.epochs)
-    elif cfg.evaluate.protocol == "tgdd" and spec.image_size >= 128 and images_per_class is not None:
-        settings = replace(settings, epochs=subset_epochs(images_per_class, spec.num_classes))
-    if not spec.flip:
-        settings = replace(settings, augment=without_flip(settings.augment))
-    return settings
 
 
 def check_inputs(cfg: Config, meta: dict, syn_path: Path) -> None:
@@ -110,7 +85,11 @@ def evaluate_synthetic(cfg: Config, device: torch.device, progress: bool = True)
             "arch": arch,
             "protocol": cfg.evaluate.protocol,
             "evaluate": section_settings(cfg, "evaluate", "archs"),
-            "protocol_settings": {**asdict(settings), "milestone_epochs": settings.milestone_epochs()},
+            "protocol_settings": {
+                **asdict(settings),
+                "trained_epochs": settings.trained_epochs(),
+                "milestone_epochs": settings.milestone_epochs(),
+            },
             "train_images": len(images),
             "runs": len(accuracies),
             "seeds": seeds,

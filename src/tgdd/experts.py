@@ -31,6 +31,7 @@ StateDict = dict[str, torch.Tensor]
 
 
 def expert_settings(cfg: Config) -> TrainSettings:
+    """The authors' pretrain.py recipe with the config's values: lr x0.2 after epochs 2E//3 and 5E//6."""
     e = cfg.experts
     return TrainSettings(
         epochs=e.epochs,
@@ -38,9 +39,10 @@ def expert_settings(cfg: Config) -> TrainSettings:
         lr=e.lr,
         momentum=e.momentum,
         weight_decay=e.weight_decay,
-        milestones=(2 / 3, 5 / 6),
+        schedule="idc",
         gamma=0.2,
         augment=e.augment,
+        augment_semantics=e.augment_semantics,
         cutmix_prob=e.cutmix_prob,
         cutmix_beta=e.cutmix_beta,
     )

@@ -2,6 +2,10 @@
 
 Multi-formation (IDC): each stored image is cut into f x f tiles and each tile is upsampled
 to full size, so one stored image yields f*f training images.
+
+Stored images are on the pixel scale of the real data ([0, 1] nominally). They are stored as the
+last update left them, not clamped, as the authors' code saves them (TGDD and DANCE clamp at the
+start of each iteration; DM never clamps): evaluation trains on exactly those values.
 """
 
 from __future__ import annotations
@@ -18,15 +22,19 @@ from tgdd.artifacts import atomic_write, sha256_file, torch_load, torch_save
 from tgdd.data.prepared import ClassSampler
 from tgdd.errors import TgddError
 
+DECODE_PAD_VALUE = 0.5  # IDC's decode_zoom pads H % f != 0 images with 0.5 (mid grey in [0,1])
+
 
 def decode(images: torch.Tensor, factor: int) -> torch.Tensor:
     """``[M, C, H, W]`` -> ``[M*f*f, C, H, W]``: image m's tiles at rows ``m*f*f .. m*f*f+f*f-1``,
-    in row-major tile order (a tile is ceil(H/f) px; the edge is zero-padded if H % f != 0)."""
+    in row-major tile order, each upsampled bilinearly (``nn.Upsample``, ``align_corners=False``).
+    A tile is ceil(H/f) px; if H % f != 0 the bottom and right edges are padded with 0.5, as IDC's
+    ``decode_zoom`` does."""
     if factor == 1:
         return images
     m, c, h, w = images.shape
     s = math.ceil(h / factor)
-    padded = F.pad(images, (0, s * factor - w, 0, s * factor - h))
+    padded = F.pad(images, (0, s * factor - w, 0, s * factor - h), value=DECODE_PAD_VALUE)
     tiles = padded.view(m, c, factor, s, factor, s).permute(0, 2, 4, 1, 3, 5).reshape(m * factor * factor, c, s, s)
     return F.interpolate(tiles, size=(h, w), mode="bilinear", align_corners=False)
 
@@ -35,27 +43,68 @@ def decode_labels(labels: torch.Tensor, factor: int) -> torch.Tensor:
     return labels.repeat_interleave(factor * factor)
 
 
+def _tile_sizes(size: int, factor: int) -> list[int]:
+    """IDC's ``mix`` layout along one axis: f tiles of size//f px, the first size % f one px larger."""
+    small, extra = divmod(size, factor)
+    return [small + 1 if i < extra else small for i in range(factor)]
+
+
 def tile(images: torch.Tensor, factor: int) -> torch.Tensor:
-    """The inverse layout of :func:`decode`: ``f*f`` images per output, each downsized into a tile."""
-    n, c, h, w = images.shape
-    if n % (factor * factor):
-        raise ValueError(f"{n} images cannot be tiled {factor}x{factor}")
-    s = math.ceil(h / factor)
-    small = F.interpolate(images, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
-    grid = small.view(n // factor**2, factor, factor, c, s, s).permute(0, 3, 1, 4, 2, 5)
-    return grid.reshape(n // factor**2, c, factor * s, factor * s)[:, :, :h, :w].contiguous()
+    """The authors' ``mix`` initialisation (IDC's ``Synthesizer.init``): ``[f*f*n, C, H, W]`` ->
+    ``[n, C, H, W]``. Tile k (row-major, k = i*f + j) of output image m is input image ``k*n + m``,
+    downsized with ``F.interpolate``'s default (nearest) to its tile of :func:`_tile_sizes`."""
+    count, c, h, w = images.shape
+    if count % (factor * factor):
+        raise ValueError(f"{count} images cannot be tiled {factor}x{factor}")
+    n = count // factor**2
+    out = images.new_empty(n, c, h, w)
+    top = 0
+    for i, rows in enumerate(_tile_sizes(h, factor)):
+        left = 0
+        for j, cols in enumerate(_tile_sizes(w, factor)):
+            k = i * factor + j
+            out[:, :, top : top + rows, left : left + cols] = F.interpolate(
+                images[k * n : (k + 1) * n], size=(rows, cols)
+            )
+            left += cols
+        top += rows
+    return out
+
+
+@dataclass(frozen=True)
+class Initialisation:
+    """Which real images start a synthetic set: f*f tiled per stored image or one each, and the
+    first ones of each class in the data set's order or a seeded random draw."""
+
+    tiled: bool
+    first: bool
+
+
+# The names distill.init accepts (tgdd.config lists the same, tested).
+INITIALISATIONS: dict[str, Initialisation] = {
+    "mix": Initialisation(tiled=True, first=True),  # the authors' (IDC/DANCE/TGDD), forced for f > 1
+    "mix-random": Initialisation(tiled=True, first=False),
+    "real": Initialisation(tiled=False, first=False),  # DM's: random real images
+    "real-first": Initialisation(tiled=False, first=True),
+}
+
+
+def images_needed(init: str, ipc: int, factor: int) -> int:
+    """Real images per class that an initialisation reads."""
+    return ipc * factor * factor if INITIALISATIONS[init].tiled else ipc
 
 
 def initial_images(
     sampler: ClassSampler, num_classes: int, ipc: int, factor: int, init: str, gen: torch.Generator
 ) -> torch.Tensor:
-    """Random real images per class (``real``), or f*f real images tiled into each (``mix``)."""
+    """The stored images a synthetic set starts from, class-major (see :data:`INITIALISATIONS`).
+    With f = 1, ``mix`` is the first IPC images: what the authors' f = 1 default (``random``) does."""
+    rule = INITIALISATIONS[init]
+    count = images_needed(init, ipc, factor)
     per_class = []
     for c in range(num_classes):
-        if init == "mix" and factor > 1:
-            per_class.append(tile(sampler.sample(c, ipc * factor * factor, gen), factor))
-        else:
-            per_class.append(sampler.sample(c, ipc, gen))
+        real = sampler.first(c, count) if rule.first else sampler.sample(c, count, gen)
+        per_class.append(tile(real, factor) if rule.tiled else real)
     return torch.cat(per_class)
 
 

@@ -1,5 +1,5 @@
 """Training a classifier on a tensor data set: the one loop behind expert trajectories and
-evaluation (SGD with momentum, step schedule, DSA per image, CutMix)."""
+evaluation (SGD with momentum, a named step schedule, DSA per image, CutMix)."""
 
 from __future__ import annotations
 
@@ -50,11 +50,12 @@ def train_classifier(
     """
     device = images.device
     mean, std = mean.to(device), std.to(device)
-    augment = DiffAugment(settings.augment)
+    augment = DiffAugment(settings.augment, settings.augment_semantics)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, settings.milestone_epochs(), settings.gamma)
+    milestones = settings.milestone_epochs()
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, settings.gamma)
     n = len(images)
     first_epoch = 1
     if resumable is not None and resumable.checkpointer.resume_blob is not None:
@@ -67,7 +68,7 @@ def train_classifier(
         resumable.load_extra(saved["extra"])
         first_epoch = saved["epoch"] + 1
     model.train()
-    epochs = range(first_epoch, settings.epochs + 1)
+    epochs = range(first_epoch, settings.trained_epochs() + 1)
     for epoch in tqdm(epochs, desc=progress, disable=progress is None, leave=False):
         order = torch.randperm(n, generator=gen, device=gen.device).to(device)
         for start in range(0, n, settings.batch_size):
@@ -84,6 +85,8 @@ def train_classifier(
             loss.backward()
             optimizer.step()
         scheduler.step()
+        if settings.resets_momentum() and epoch in milestones:
+            optimizer.state.clear()  # DC's evaluate_synset makes a new SGD optimiser at its lr step
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)
         if resumable is not None:

@@ -137,7 +137,8 @@ def load_prepared(out_dir: Path, split: str, dataset: str) -> PreparedSplit:
 
 
 class ClassSampler:
-    """Random real images of one class, from memory (the real batches of distillation)."""
+    """Real images of one class, from memory: the first ones in the data set's order, or a random
+    draw (what distillation's initialisation and real batches read)."""
 
     def __init__(self, split: PreparedSplit, device: torch.device) -> None:
         self.images = split.images.to(device)
@@ -147,8 +148,66 @@ class ClassSampler:
     def class_size(self, c: int) -> int:
         return len(self.by_class[c])
 
+    def pixels(self, c: int, positions: torch.Tensor) -> torch.Tensor:
+        """Images at ``positions`` within class ``c`` (0 = its first image), as floats in [0,1]."""
+        return self.images[self.by_class[c][positions.to(self.by_class[c].device)]].float().div_(255.0)
+
+    def first(self, c: int, n: int) -> torch.Tensor:
+        """The first ``n`` images of class ``c`` in the data set's order (IDC's ``cls_idx[c][:n]``)."""
+        return self.pixels(c, torch.arange(min(n, self.class_size(c))))
+
     def sample(self, c: int, n: int, gen: torch.Generator) -> torch.Tensor:
-        """Up to ``n`` distinct images of class ``c`` as floats in [0,1]."""
-        pool = self.by_class[c]
-        pick = torch.randperm(len(pool), generator=gen, device=gen.device)[:n].to(pool.device)
-        return self.images[pool[pick]].float().div_(255.0)
+        """Up to ``n`` distinct images of class ``c``, drawn afresh (DM's ``get_images``)."""
+        pick = torch.randperm(self.class_size(c), generator=gen, device=gen.device)[:n]
+        return self.pixels(c, pick)
+
+
+class FreshBatches:
+    """DM's real batches: every step a new random subset of the class (``np.random.permutation(...)[:n]``),
+    so successive batches may share images."""
+
+    def __init__(self, sampler: ClassSampler, batch: int) -> None:
+        self.sampler, self.batch = sampler, batch
+
+    def next(self, c: int, gen: torch.Generator) -> torch.Tensor:
+        return self.sampler.sample(c, self.batch, gen)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class EpochBatches:
+    """IDC/DANCE/TGDD's real batches (``ClassBatchSampler``): per class a shuffled order of its
+    images, consumed ``min(class size, batch)`` images at a time; when fewer than a batch remain
+    they are dropped and the class is reshuffled. So no image repeats before the whole class has
+    been seen once."""
+
+    def __init__(self, sampler: ClassSampler, batch: int) -> None:
+        self.sampler, self.batch = sampler, batch
+        self.orders: list[torch.Tensor | None] = [None] * len(sampler.by_class)
+        self.positions = [0] * len(sampler.by_class)
+
+    def next(self, c: int, gen: torch.Generator) -> torch.Tensor:
+        size = self.sampler.class_size(c)
+        batch = min(size, self.batch)
+        order = self.orders[c]
+        if order is None or self.positions[c] + batch > size:
+            order = self.orders[c] = torch.randperm(size, generator=gen, device=gen.device)
+            self.positions[c] = 0
+        start = self.positions[c]
+        self.positions[c] = start + batch
+        return self.sampler.pixels(c, order[start : start + batch])
+
+    def state_dict(self) -> dict:
+        return {"orders": [None if o is None else o.cpu() for o in self.orders], "positions": list(self.positions)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.orders = list(state["orders"])  # on the CPU; `pixels` moves the positions it reads
+        self.positions = list(state["positions"])
+
+
+# How a method draws its real batches (its card names one; recorded in the distill settings).
+REAL_BATCHES = {"fresh": FreshBatches, "epochs": EpochBatches}

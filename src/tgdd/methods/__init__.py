@@ -1,17 +1,19 @@
 """Distillation methods behind one small interface, in a registry.
 
-A method declares its published defaults (:meth:`Method.defaults`) and turns a
-:class:`DistillContext` into stored synthetic images. Adding a method is one card in
-:data:`METHODS` plus its implementation module.
+A method's card declares its published defaults and the mechanisms of its authors' code that
+are not settings (how the synthetic images are stepped, in which space, how real batches are
+drawn); its implementation turns a :class:`DistillContext` into stored synthetic images. Adding a
+method is one card in :data:`METHODS` plus its implementation module.
 
-The registry holds cards, not implementations, so that validating a config, planning a pipeline
-or parsing the Snakefile never imports torch (about 3 s on a laptop); :func:`load_method` imports
-the implementation when a method actually runs.
+The registry holds cards, not implementations, so that validating a config, resolving a method's
+settings, planning a pipeline or parsing the Snakefile never imports torch (about 3 s on a
+laptop); :func:`load_method` imports the implementation when a method actually runs.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,7 +25,8 @@ if TYPE_CHECKING:
 
     from tgdd.config import Config
     from tgdd.data.prepared import ClassSampler, PreparedSplit
-    from tgdd.data.registry import DatasetSpec
+
+from tgdd.data.registry import DatasetSpec
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,15 @@ class DistillSettings:
     real_batch: int
     max_syn_per_class: int
     dsa_strategy: str
+    augment_semantics: str
     batched_classes: bool
     compile: bool
     log_every: int
     checkpoint_every: int
+    # the method's mechanisms (its card), recorded so that every synthetic set says how it was made
+    image_update: str
+    image_space: str
+    real_batches: str
 
 
 @dataclass
@@ -69,27 +77,119 @@ class DistillOutput:
 
 
 class Method(Protocol):
-    def defaults(self, ipc: int, spec: DatasetSpec) -> dict[str, Any]: ...
-
     def run(self, ctx: DistillContext) -> DistillOutput: ...
+
+
+Defaults = Callable[[int, DatasetSpec], dict[str, Any]]
+
+# How the synthetic images are stepped (MethodCard.image_update).
+IMAGE_UPDATES = {
+    "per-class": "IDC/DANCE/TGDD: one tensor holds every class's images and one SGD over it is stepped once per "
+    "class, so a step also moves the other classes' images by their momentum buffers",
+    "summed": "DC/DM: one SGD step per iteration on the sum of the class losses",
+}
+# Where they live (MethodCard.image_space).
+IMAGE_SPACES = {
+    "pixels": "the pixel scale of the data ([0,1]), normalised inside the forward pass, clamped to [0,1] at the "
+    "start of every iteration (IDC/DANCE/TGDD)",
+    "normalised": "the networks' (normalised) input space, never clamped (DC/DM); stored back on the pixel scale",
+}
 
 
 @dataclass(frozen=True)
 class MethodCard:
-    """What the pipeline knows about a method before running it."""
+    """What the pipeline knows about a method before running it: torch-free, so that configs,
+    the workflow and freshness checks see its resolved settings without importing torch."""
 
     module: str  # the module whose import registers the implementation (see `implements`)
     needs_trajectories: bool  # uses expert trajectories (so `tgdd experts` must run first)
     optimizes_images: bool  # runs distill.iterations of image updates (False: selects real images)
     summary: str
+    defaults: Defaults  # (ipc, data set) -> the published values of the keys a config leaves null
+    image_update: str = "per-class"  # a key of IMAGE_UPDATES
+    image_space: str = "pixels"  # a key of IMAGE_SPACES
+    real_batches: str = "epochs"  # a key of tgdd.data.prepared.REAL_BATCHES ('epochs' or 'fresh')
+
+
+def tgdd_defaults(ipc: int, spec: DatasetSpec) -> dict[str, Any]:
+    """SPEC §3 and the authors' arg_condense.py/reproduce_condense.py."""
+    return {
+        "iterations": 10_000,
+        "factor": 2,
+        "init": "mix",
+        "alpha": 2.5 if ipc <= 10 else 0.5,
+        "lr_img": (0.01 if spec.image_size <= 64 else 0.1) * ipc,
+        "real_batch": 128,
+        "dsa_strategy": "color_crop_cutout",
+        "augment_semantics": "idc",
+    }
+
+
+def dance_defaults(ipc: int, spec: DatasetSpec) -> dict[str, Any]:
+    """DANCE's arg_condense.py/reproduce_condense.py: TGDD's, with its calibration loss unweighted
+    (its code adds the cross-entropy with weight 1; kept in ``alpha``)."""
+    return {**tgdd_defaults(ipc, spec), "alpha": 1.0}
+
+
+def dm_defaults(ipc: int, spec: DatasetSpec) -> dict[str, Any]:
+    """DM's main_DM.py: 20k iterations, image lr 1 (on normalised images), 256 real per class, random
+    real images as the start, DSA with the full strategy read one group per call."""
+    return {
+        "iterations": 20_000,
+        "factor": 1,
+        "init": "real",
+        "alpha": 0.0,
+        "lr_img": 1.0,
+        "real_batch": 256,
+        "dsa_strategy": "color_crop_cutout_flip_scale_rotate",
+        "augment_semantics": "dsa",
+    }
+
+
+def selection_defaults(ipc: int, spec: DatasetSpec) -> dict[str, Any]:
+    """Selection methods optimise nothing: the image-update keys do not apply (recorded as such)."""
+    return {
+        "iterations": 0,
+        "factor": 1,
+        "init": "real",
+        "alpha": 0.0,
+        "lr_img": 1.0,
+        "real_batch": 1,
+        "dsa_strategy": "none",
+        "augment_semantics": "dsa",
+    }
 
 
 METHODS: Registry[MethodCard] = Registry("method")
-METHODS.add("tgdd", MethodCard("tgdd.methods.matching", True, True, "TGDD: trajectory-guided distribution matching"))
-METHODS.add("dm", MethodCard("tgdd.methods.matching", False, True, "DM: distribution matching, random networks"))
-METHODS.add("dance", MethodCard("tgdd.methods.dance", True, True, "DANCE: interpolated encoder + calibration"))
-METHODS.add("random", MethodCard("tgdd.methods.selection", False, False, "random real images per class"))
-METHODS.add("herding", MethodCard("tgdd.methods.herding", True, False, "herding in the expert's feature space"))
+METHODS.add(
+    "tgdd",
+    MethodCard("tgdd.methods.matching", True, True, "TGDD: trajectory-guided distribution matching", tgdd_defaults),
+)
+METHODS.add(
+    "dm",
+    MethodCard(
+        "tgdd.methods.matching",
+        False,
+        True,
+        "DM: distribution matching, random networks",
+        dm_defaults,
+        image_update="summed",
+        image_space="normalised",
+        real_batches="fresh",
+    ),
+)
+METHODS.add(
+    "dance",
+    MethodCard("tgdd.methods.dance", True, True, "DANCE: interpolated encoder + calibration", dance_defaults),
+)
+METHODS.add(
+    "random",
+    MethodCard("tgdd.methods.selection", False, False, "random real images per class", selection_defaults),
+)
+METHODS.add(
+    "herding",
+    MethodCard("tgdd.methods.herding", True, False, "herding in the expert's feature space", selection_defaults),
+)
 
 _IMPLEMENTATIONS: dict[str, Method] = {}
 
@@ -109,14 +209,19 @@ def load_method(name: str) -> Method:
     return _IMPLEMENTATIONS[name]
 
 
-def resolve_settings(cfg: Config, spec: DatasetSpec) -> DistillSettings:
-    """Fill the ``null`` keys of ``distill`` with the method's defaults for this IPC and data set."""
-    method = load_method(cfg.distill.method)
+def resolve_settings(cfg: Config, spec: DatasetSpec | None = None) -> DistillSettings:
+    """Fill the ``null`` keys of ``distill`` with the method's defaults for this IPC and data set and
+    add the method's mechanisms: what a distillation actually runs with (torch-free)."""
+    from tgdd.data.registry import get_dataset
+
+    card = METHODS.get(cfg.distill.method)
+    spec = spec or get_dataset(cfg.dataset)
     chosen = cfg.distill.model_dump()
-    for key, value in method.defaults(cfg.distill.ipc, spec).items():
+    for key, value in card.defaults(cfg.distill.ipc, spec).items():
         if chosen.get(key) is None:
             chosen[key] = value
     missing = [k for k, v in chosen.items() if v is None]
     if missing:
         raise TgddError(f"method '{cfg.distill.method}' has no default for {missing}; set them in the config")
-    return DistillSettings(**chosen)
+    mechanisms = {"image_update": card.image_update, "image_space": card.image_space, "real_batches": card.real_batches}
+    return DistillSettings(**chosen, **mechanisms)

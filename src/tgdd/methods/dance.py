@@ -1,25 +1,33 @@
-"""DANCE (Zhang et al., IJCAI 2024), TGDD's direct predecessor (SPEC §3, last paragraph).
+"""DANCE (Zhang et al., IJCAI 2024), TGDD's direct predecessor (SPEC §3, last paragraph; the
+authors' DANCE.py).
 
 Per iteration it matches mean features under an *interpolated* encoder
 ``lambda * p[i][0] + (1 - lambda) * p[i][E]`` (trajectory i and lambda ~ U[0,1] drawn afresh),
-with no cross-entropy in that step; then, per class, a separate "distribution calibration"
-step: ``beta * CE(p[i][E](syn_c), c)`` on a fresh view of that class's synthetic images, one
-more SGD step. DANCE's calibration weight beta is stored in ``distill.alpha``.
+with no cross-entropy in that pass; then a second pass over the classes, the "distribution
+calibration": per class ``beta * CE(p[i][E](syn_c), c)`` on a fresh, augmented view of that
+class's synthetic images, one more step of the SAME image optimiser (so its momentum carries over
+from the matching pass). The authors' code adds the cross-entropy unweighted; beta is kept in
+``distill.alpha`` (default 1.0).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tgdd.augment import DiffAugment, normalize
-from tgdd.data.registry import DatasetSpec
+from tgdd.augment import normalize  # noqa: F401  (re-exported for tests)
 from tgdd.experts import StateDict
 from tgdd.methods import DistillContext, implements
-from tgdd.methods.matching import TGDD, MatchingMethod, synthetic_batch
+from tgdd.methods.matching import (
+    Iteration,
+    MatchingMethod,
+    Phase,
+    _class_ids,
+    matching_phase,
+    segment_mean,
+    synthetic_batch,
+)
 
 
 def interpolate_state(start: StateDict, end: StateDict, lam: float) -> StateDict:
@@ -37,17 +45,38 @@ def calibration_loss(expert: nn.Module, syn: torch.Tensor, label: int) -> torch.
     return F.cross_entropy(expert(syn), target)
 
 
+def calibration_phase(it: Iteration, trained: nn.Module) -> Phase:
+    """DANCE's calibration pass: class c's decoded synthetic batch, one augmentation draw for it
+    (``aug(img_syn)`` with ``batch=True``), ``alpha * CE`` under the trained endpoint p[i][E]."""
+    ctx, s = it.ctx, it.ctx.settings
+
+    def one(c: int, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        syn = it.space.network_input(synthetic_batch(images, s, ctx.gen))
+        (syn,) = it.augment.siamese(syn, gen=ctx.gen)
+        ce = calibration_loss(trained, syn, c)
+        loss = s.alpha * ce
+        return loss, torch.stack([loss.detach(), torch.zeros_like(ce), ce.detach()])
+
+    def batched(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        num_classes = len(images) // s.ipc
+        syns = [synthetic_batch(images[c * s.ipc : (c + 1) * s.ipc], s, ctx.gen) for c in range(num_classes)]
+        ids = _class_ids([len(x) for x in syns], ctx.device)
+        (syn,) = it.augment.siamese_per_group((it.space.network_input(torch.cat(syns)),), (ids,), num_classes, ctx.gen)
+        per_image = F.cross_entropy(trained(syn), ids, reduction="none")
+        ce = segment_mean(per_image.unsqueeze(1), ids, num_classes).squeeze(1)
+        loss = s.alpha * ce
+        zero = torch.zeros((), device=ce.device)
+        return loss, torch.stack([loss.detach().sum(), zero, ce.detach().sum()])
+
+    return Phase(one, batched)
+
+
 class DANCE(MatchingMethod):
-    """Interpolated-encoder matching plus a separate calibration step per class.
+    """Interpolated-encoder matching, then a calibration pass over the classes.
 
-    ``networks`` returns no expert, so the shared matching step is pure MMD (alpha = 0 there);
-    the trained endpoint p[i][E] sits in the second network for :meth:`second_loss`, which is
-    weighted by ``alpha`` (DANCE's beta).
+    ``networks`` returns no expert, so the matching pass is pure MMD; the trained endpoint p[i][E]
+    sits in the second network for :func:`calibration_phase`.
     """
-
-    def defaults(self, ipc: int, spec: DatasetSpec) -> dict[str, Any]:
-        lr_img = TGDD().defaults(ipc, spec)["lr_img"]
-        return {"iterations": 10_000, "factor": 2, "alpha": 1.0, "lr_img": lr_img, "real_batch": 128}
 
     def networks(self, ctx: DistillContext, nets: tuple[nn.Module, nn.Module]) -> tuple[nn.Module, nn.Module | None]:
         traj = ctx.trajectories
@@ -60,17 +89,8 @@ class DANCE(MatchingMethod):
         expert.load_state_dict(end)
         return extractor, None
 
-    def second_loss(
-        self, ctx: DistillContext, nets: tuple[nn.Module, nn.Module], c: int, images: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """DANCE's calibration of class ``c``: (beta * CE, CE) under p[i][E] on a freshly decoded,
-        augmented view of its synthetic images (one augmentation draw for the batch, as in matching)."""
-        s = ctx.settings
-        syn = synthetic_batch(images, s, ctx.gen)
-        mean, std = ctx.train.mean.to(syn.device), ctx.train.std.to(syn.device)
-        (syn,) = DiffAugment(s.dsa_strategy).siamese(normalize(syn, mean, std), gen=ctx.gen)
-        ce = calibration_loss(nets[1], syn, c)
-        return s.alpha * ce, ce.detach()
+    def phases(self, it: Iteration, nets: tuple[nn.Module, nn.Module]) -> list[Phase]:
+        return [matching_phase(it), calibration_phase(it, nets[1])]
 
 
 implements("dance", DANCE())

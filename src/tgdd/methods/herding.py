@@ -4,13 +4,10 @@ by the trained expert (the last snapshot of the first trajectory)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from tgdd.augment import normalize
-from tgdd.data.registry import DatasetSpec
 from tgdd.errors import TgddError
 from tgdd.methods import DistillContext, DistillOutput, implements
 from tgdd.models import build_model
@@ -51,9 +48,6 @@ def embed(
 
 class Herding:
     """IPC real images per class chosen by herding in the trained expert's feature space."""
-
-    def defaults(self, ipc: int, spec: DatasetSpec) -> dict[str, Any]:
-        return {"iterations": 0, "factor": 1, "alpha": 0.0, "lr_img": 1.0, "real_batch": 1}
 
     def run(self, ctx: DistillContext) -> DistillOutput:
         s, train, sampler, device = ctx.settings, ctx.train, ctx.sampler, ctx.device

@@ -1,9 +1,12 @@
-"""Distribution-matching methods: TGDD and its baseline DM share one loop (SPEC §3) and
-differ only in which networks they use each iteration and the weight of the cross-entropy."""
+"""Distribution-matching methods: TGDD and its baseline DM share one loop (SPEC §3) and differ in
+the networks they use each iteration, the weight of the cross-entropy and the mechanisms of their
+authors' code that their cards declare (how the images are stepped, in which space, how real
+batches are drawn; see :mod:`tgdd.methods` and docs/fidelity.md)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tgdd.augment import DiffAugment, normalize
-from tgdd.data.registry import DatasetSpec
+from tgdd.data.prepared import REAL_BATCHES
 from tgdd.errors import TgddError
 from tgdd.methods import DistillContext, DistillOutput, DistillSettings, implements
 from tgdd.models import build_model
@@ -87,18 +90,18 @@ def segment_mean(values: torch.Tensor, ids: torch.Tensor, groups: int) -> torch.
     return sums / counts.unsqueeze(1)
 
 
-def sgd_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-    """One step on ``loss``; images that get no gradient (other classes) do not move, because
-    SGD skips parameters whose gradient is None (momentum included)."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-
-
 def _frozen(model: nn.Module) -> nn.Module:
+    """A matching network as the authors' code holds it: freshly built, so in training mode, and never
+    stepped (their code computes its weight gradients and discards them; not computing them here
+    changes the cost, not the update). Training mode matters only for batch norm, which then uses
+    each forward's own batch statistics, as theirs does."""
     for p in model.parameters():
         p.requires_grad_(False)
-    return model.eval()
+    return model.train()
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def _compiled(model: nn.Module) -> nn.Module:
@@ -109,108 +112,220 @@ def _compiled(model: nn.Module) -> nn.Module:
     return model
 
 
+class ImageState:
+    """The synthetic images as the authors' code holds them: ONE leaf tensor with every class's
+    images (class-major) and ONE ``torch.optim.SGD`` over it.
+
+    Stepped once per class (IDC/DANCE/TGDD), a step for class c also moves every other class's
+    images by their momentum buffers (their gradient is zero, not absent). :meth:`probe` and
+    :meth:`replay` give the same update for all classes computed in one batched pass: the loss of
+    class c depends only on its own images, so its gradient can be taken at the position its rows
+    will have reached when its own step comes (momentum-only moves until then), and the optimiser
+    then takes the class steps one by one with those gradients.
+    """
+
+    def __init__(self, images: torch.Tensor, ipc: int, lr: float, momentum: float) -> None:
+        self.images = images.detach().clone().requires_grad_(True)
+        self.ipc = ipc
+        self.optimizer = torch.optim.SGD([self.images], lr=lr, momentum=momentum)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.images) // self.ipc
+
+    def rows(self, c: int) -> slice:
+        return slice(c * self.ipc, (c + 1) * self.ipc)
+
+    def step(self, loss: torch.Tensor) -> None:
+        """One optimiser step on ``loss`` (the authors' ``zero_grad(); backward(); step()``)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def probe(self) -> torch.Tensor:
+        """A leaf copy of the images in which class c's rows sit where c momentum-only steps move
+        them: where they are when their own step comes in a pass over the classes."""
+        positions = self.images.detach().clone()
+        buffer = self.optimizer.state[self.images].get("momentum_buffer")
+        if buffer is not None:
+            group = self.optimizer.param_groups[0]
+            buffer = buffer.clone()
+            for c in range(1, self.num_classes):  # the step of class c-1 moves the classes after it
+                rest = slice(c * self.ipc, None)
+                buffer[rest].mul_(group["momentum"])
+                positions[rest].add_(buffer[rest], alpha=-group["lr"])
+        return positions.requires_grad_(True)
+
+    def replay(self, grad: torch.Tensor) -> None:
+        """The class steps of one pass, in order, with each class's gradient from ``grad``."""
+        for c in range(self.num_classes):
+            self.images.grad = torch.zeros_like(self.images)
+            self.images.grad[self.rows(c)] = grad[self.rows(c)]
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One pass over the classes, each class with a loss on its own images. ``one(c, images_c)``
+    draws class c's batches and returns (loss, terms); ``batched(images)`` does every class in one
+    forward pass and returns (per-class losses, summed terms). Terms are (loss, L_MMD, L_SDC)."""
+
+    one: Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    batched: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def run_phase(state: ImageState, phase: Phase, update: str, batched: bool) -> torch.Tensor:
+    """Step the images through one phase under the method's update rule (its card's
+    ``image_update``): ``summed`` is one step on the sum of the class losses (DM), ``per-class`` one
+    step per class, literally or as :meth:`ImageState.probe` + :meth:`ImageState.replay`."""
+    if update == "summed":
+        if batched:
+            losses, terms = phase.batched(state.images)
+        else:
+            parts = [phase.one(c, state.images[state.rows(c)]) for c in range(state.num_classes)]
+            losses, terms = torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts]).sum(0)
+        state.step(losses.sum())
+        return terms
+    if batched:
+        probe = state.probe()
+        losses, terms = phase.batched(probe)
+        (grad,) = torch.autograd.grad(losses.sum(), probe)
+        state.replay(grad)
+        return terms
+    totals = torch.zeros(3, device=state.images.device)
+    for c in range(state.num_classes):
+        loss, terms = phase.one(c, state.images[state.rows(c)])
+        state.step(loss)
+        totals += terms
+    return totals
+
+
 @dataclass
 class LoopState:
     """Everything a matching run needs to continue exactly where it stopped."""
 
-    images: list[torch.Tensor]  # one leaf tensor per class
-    optimizer: torch.optim.Optimizer
+    images: ImageState
+    real: Any  # tgdd.data.prepared.EpochBatches or FreshBatches
     iteration: int = 0
     records: list[dict[str, float]] = field(default_factory=list)
 
     def to_checkpoint(self, gen: torch.Generator) -> dict[str, Any]:
         return {
             "iteration": self.iteration,
-            "images": [x.detach().cpu() for x in self.images],
-            "optimizer": self.optimizer.state_dict(),
+            "images": self.images.images.detach().cpu(),
+            "optimizer": self.images.optimizer.state_dict(),
+            "real_batches": self.real.state_dict(),
             "generator": gen.get_state(),
             "records": self.records,
         }
 
     def restore(self, blob: dict[str, Any], gen: torch.Generator) -> None:
         with torch.no_grad():
-            for x, saved in zip(self.images, blob["images"], strict=True):
-                x.copy_(saved)
-        self.optimizer.load_state_dict(blob["optimizer"])
+            self.images.images.copy_(blob["images"])
+        self.images.optimizer.load_state_dict(blob["optimizer"])
+        self.real.load_state_dict(blob["real_batches"])
         gen.set_state(blob["generator"])
         self.iteration, self.records = blob["iteration"], list(blob["records"])
 
 
+@dataclass(frozen=True)
+class Space:
+    """The space the images are optimised in (the card's ``image_space``) and the conversions."""
+
+    normalised: bool
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def from_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        return normalize(x, self.mean, self.std) if self.normalised else x
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std.view(1, -1, 1, 1) + self.mean.view(1, -1, 1, 1) if self.normalised else x
+
+    def network_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.normalised else normalize(x, self.mean, self.std)
+
+
+@dataclass(frozen=True)
+class Iteration:
+    """What one iteration's phases share: the run's context and this iteration's networks."""
+
+    ctx: DistillContext
+    real: Any
+    augment: DiffAugment
+    space: Space
+    extractor: nn.Module
+    expert: nn.Module | None
+
+
+def matching_phase(it: Iteration) -> Phase:
+    """SPEC §3 step 5: per class its real batch, its decoded synthetic batch, ONE augmentation draw
+    for both (the authors' ``aug(torch.cat([real, syn]))`` with ``batch=True``), L_MMD + alpha L_SDC."""
+    ctx, s = it.ctx, it.ctx.settings
+    mean, std = it.space.mean, it.space.std
+
+    def one(c: int, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        real = normalize(it.real.next(c, ctx.gen), mean, std)
+        syn = it.space.network_input(synthetic_batch(images, s, ctx.gen))
+        real, syn = it.augment.siamese(real, syn, gen=ctx.gen)
+        loss, mmd, sdc = class_loss(it.extractor, it.expert, real, syn, c, s.alpha)
+        return loss, torch.stack([loss.detach(), mmd, sdc])
+
+    def batched(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        num_classes = len(images) // s.ipc
+        reals = [it.real.next(c, ctx.gen) for c in range(num_classes)]
+        syns = [synthetic_batch(images[c * s.ipc : (c + 1) * s.ipc], s, ctx.gen) for c in range(num_classes)]
+        real_ids = _class_ids([len(r) for r in reals], ctx.device)
+        syn_ids = _class_ids([len(x) for x in syns], ctx.device)
+        real, syn = normalize(torch.cat(reals), mean, std), it.space.network_input(torch.cat(syns))
+        real, syn = it.augment.siamese_per_group((real, syn), (real_ids, syn_ids), num_classes, ctx.gen)
+        with torch.no_grad():
+            real_means = segment_mean(it.extractor.features(real), real_ids, num_classes)
+        mmd = (real_means - segment_mean(it.extractor.features(syn), syn_ids, num_classes)).pow(2).sum(1)
+        if it.expert is None or s.alpha == 0:
+            sdc = torch.zeros_like(mmd)
+        else:
+            per_image = F.cross_entropy(it.expert(syn), syn_ids, reduction="none")
+            sdc = segment_mean(per_image.unsqueeze(1), syn_ids, num_classes).squeeze(1)
+        loss = mmd + s.alpha * sdc
+        return loss, torch.stack([loss.detach().sum(), mmd.detach().sum(), sdc.detach().sum()])
+
+    return Phase(one, batched)
+
+
 class MatchingMethod:
-    """The per-class distribution-matching loop; subclasses choose the networks (and may add a
-    second, separately stepped loss per class)."""
+    """The distribution-matching loop; subclasses choose the networks (and may add phases after
+    the matching pass, as DANCE's calibration)."""
 
     def networks(self, ctx: DistillContext, nets: tuple[nn.Module, nn.Module]) -> tuple[nn.Module, nn.Module | None]:
         raise NotImplementedError
 
-    def second_loss(
-        self, ctx: DistillContext, nets: tuple[nn.Module, nn.Module], c: int, images: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """A second loss on class c's images, stepped on its own after the matching step
-        (DANCE's calibration); returns (weighted loss, unweighted term) or None."""
-        return None
+    def phases(self, it: Iteration, nets: tuple[nn.Module, nn.Module]) -> list[Phase]:
+        return [matching_phase(it)]
 
-    def _per_class_step(
-        self, ctx: DistillContext, state: LoopState, extractor: nn.Module, expert: nn.Module | None,
-        augment: DiffAugment, mean: torch.Tensor, std: torch.Tensor,
-    ) -> torch.Tensor:  # fmt: skip
-        """SPEC §3 as written: per class, its own batches, augmentation draw and SGD step.
-        Returns the summed (loss, L_MMD, L_SDC) over classes."""
-        s = ctx.settings
-        totals = torch.zeros(3, device=ctx.device)
-        for c, images in enumerate(state.images):
-            real = normalize(ctx.sampler.sample(c, s.real_batch, ctx.gen), mean, std)
-            syn = normalize(synthetic_batch(images, s, ctx.gen), mean, std)
-            real, syn = augment.siamese(real, syn, gen=ctx.gen)
-            loss, mmd, sdc = class_loss(extractor, expert, real, syn, c, s.alpha)
-            sgd_step(state.optimizer, loss)
-            totals += torch.stack([loss.detach(), mmd, sdc])
-        return totals
-
-    def _batched_step(
-        self, ctx: DistillContext, state: LoopState, extractor: nn.Module, expert: nn.Module | None,
-        augment: DiffAugment, mean: torch.Tensor, std: torch.Tensor,
-    ) -> torch.Tensor:  # fmt: skip
-        """Every class in one forward pass and one step. Exactly the per-class update (each class's
-        loss depends only on its own images, the networks are frozen and have no cross-sample
-        terms in eval mode, and SGD updates each class's tensor on its own); only the order in
-        which random numbers are drawn differs."""
-        s, num_classes = ctx.settings, len(state.images)
-        reals = [ctx.sampler.sample(c, s.real_batch, ctx.gen) for c in range(num_classes)]
-        syns = [synthetic_batch(images, s, ctx.gen) for images in state.images]
-        real_ids = _class_ids([len(r) for r in reals], ctx.device)
-        syn_ids = _class_ids([len(x) for x in syns], ctx.device)
-        real, syn = normalize(torch.cat(reals), mean, std), normalize(torch.cat(syns), mean, std)
-        real, syn = augment.siamese_per_group((real, syn), (real_ids, syn_ids), num_classes, ctx.gen)
-        with torch.no_grad():
-            real_means = segment_mean(extractor.features(real), real_ids, num_classes)
-        mmd = (real_means - segment_mean(extractor.features(syn), syn_ids, num_classes)).pow(2).sum(1)
-        if expert is None or s.alpha == 0:
-            sdc = torch.zeros_like(mmd)
-        else:
-            per_image = F.cross_entropy(expert(syn), syn_ids, reduction="none")
-            sdc = segment_mean(per_image.unsqueeze(1), syn_ids, num_classes).squeeze(1)
-        loss = mmd + s.alpha * sdc
-        sgd_step(state.optimizer, loss.sum())
-        return torch.stack([loss.detach().sum(), mmd.detach().sum(), sdc.detach().sum()])
-
-    def initial_state(self, ctx: DistillContext) -> LoopState:
+    def initial_state(self, ctx: DistillContext, space: Space) -> LoopState:
         s, train = ctx.settings, ctx.train
         init = initial_images(ctx.sampler, train.num_classes, s.ipc, s.factor, s.init, ctx.gen).to(ctx.device)
-        per_class = [init[c * s.ipc : (c + 1) * s.ipc].clone().requires_grad_(True) for c in range(train.num_classes)]
-        return LoopState(per_class, torch.optim.SGD(per_class, lr=s.lr_img, momentum=s.momentum))
+        images = ImageState(space.from_pixels(init), s.ipc, s.lr_img, s.momentum)
+        return LoopState(images, REAL_BATCHES[s.real_batches](ctx.sampler, s.real_batch))
 
     def run(self, ctx: DistillContext) -> DistillOutput:
         s, train, device = ctx.settings, ctx.train, ctx.device
         num_classes = train.num_classes
         channels, size = train.images.shape[1], train.images.shape[2]
-        state = self.initial_state(ctx)
+        space = Space(s.image_space == "normalised", train.mean.to(device), train.std.to(device))
+        state = self.initial_state(ctx, space)
         if ctx.checkpoint is not None and ctx.checkpoint.resume_blob is not None:
             state.restore(ctx.checkpoint.resume_blob, ctx.gen)
-        augment = DiffAugment(s.dsa_strategy)
-        mean, std = train.mean.to(device), train.std.to(device)
+        augment = DiffAugment(s.dsa_strategy, s.augment_semantics)
         arch = ctx.cfg.experts.arch
         nets = tuple(_frozen(build_model(arch, channels, size, num_classes).to(device)) for _ in range(2))
+        if s.batched_classes and has_batch_norm(nets[0]):
+            raise TgddError(
+                f"distill.batched_classes with {arch}: its batch norm would mix the classes' batch statistics "
+                "(set distill.batched_classes=false)"
+            )
         if s.compile:
             nets = tuple(_compiled(net) for net in nets)
         progress = tqdm(
@@ -219,17 +334,18 @@ class MatchingMethod:
         while state.iteration < s.iterations:
             it = state.iteration
             extractor, expert = self.networks(ctx, nets)
-            with torch.no_grad():
-                for images in state.images:
-                    images.clamp_(0, 1)
-            step = self._batched_step if s.batched_classes else self._per_class_step
-            totals = step(ctx, state, extractor, expert, augment, mean, std)
-            for c, images in enumerate(state.images):
-                second = self.second_loss(ctx, nets, c, images)
-                if second is not None:
-                    sgd_step(state.optimizer, second[0])
-                    totals += torch.stack([second[0].detach(), torch.zeros_like(second[1]), second[1]])
-            images_finite = torch.stack([torch.isfinite(x).all() for x in state.images]).all()
+            if not space.normalised:
+                with torch.no_grad():
+                    state.images.images.clamp_(0, 1)
+            shared = Iteration(ctx, state.real, augment, space, extractor, expert)
+            totals = sum(
+                (
+                    run_phase(state.images, phase, s.image_update, s.batched_classes)
+                    for phase in self.phases(shared, nets)
+                ),
+                start=torch.zeros(3, device=device),
+            )
+            images_finite = torch.isfinite(state.images.images).all()
             loss_v, mmd_v, sdc_v = (totals / num_classes).tolist()  # one host sync per iteration
             if not (math.isfinite(loss_v) and bool(images_finite)):
                 what = f"loss became {loss_v}" if not math.isfinite(loss_v) else "images became non-finite"
@@ -244,23 +360,12 @@ class MatchingMethod:
             if ctx.checkpoint is not None:
                 ctx.checkpoint.after_iteration(state.iteration, lambda: state.to_checkpoint(ctx.gen))
         progress.close()
-        with torch.no_grad():
-            images = torch.cat(state.images).clamp_(0, 1)
-        return DistillOutput(images.detach(), state.records)
+        return DistillOutput(space.to_pixels(state.images.images.detach()), state.records)
 
 
 class TGDD(MatchingMethod):
     """Trajectory-guided matching (SPEC §3): features from a trajectory stage, class
     constraint from a slightly later snapshot of the same trajectory."""
-
-    def defaults(self, ipc: int, spec: DatasetSpec) -> dict[str, Any]:
-        return {
-            "iterations": 10_000,
-            "factor": 2,
-            "alpha": 2.5 if ipc <= 10 else 0.5,
-            "lr_img": (0.01 if spec.image_size <= 64 else 0.1) * ipc,
-            "real_batch": 128,
-        }
 
     def networks(self, ctx: DistillContext, nets: tuple[nn.Module, nn.Module]) -> tuple[nn.Module, nn.Module | None]:
         traj = ctx.trajectories
@@ -273,9 +378,6 @@ class TGDD(MatchingMethod):
 
 class DM(MatchingMethod):
     """Distribution matching (Zhao & Bilen 2023): a freshly initialised network every iteration."""
-
-    def defaults(self, ipc: int, spec: DatasetSpec) -> dict[str, Any]:
-        return {"iterations": 20_000, "factor": 1, "alpha": 0.0, "lr_img": 1.0, "real_batch": 256}
 
     def networks(self, ctx: DistillContext, nets: tuple[nn.Module, nn.Module]) -> tuple[nn.Module, nn.Module | None]:
         seed = int(torch.randint(2**62, (1,), generator=ctx.gen, device=ctx.gen.device))

@@ -615,7 +615,7 @@ class DiskTGDD(TGDD):
         self.files, self.epochs = files, epochs
 
     def networks(self, ctx: DistillContext, nets: tuple[nn.Module, nn.Module]) -> tuple[nn.Module, nn.Module | None]:
-        stages = sample_stages(ctx.gen, len(self.files), self.epochs, ctx.settings.expert_region)
+        stages = sample_stages(ctx.gen, len(self.files), self.epochs, ctx.settings.own["expert_region"])
         snapshots = torch.load(self.files[stages.trajectory], map_location=ctx.device, weights_only=True)
         extractor, expert = nets
         extractor.load_state_dict(snapshots[stages.extractor])

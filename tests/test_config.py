@@ -11,10 +11,10 @@ REPO = Path(__file__).parents[1]
 
 
 def test_defaults_validate_and_overrides_are_typed():
-    cfg = build_config({}, ["distill.ipc=50", "evaluate.archs=[convnet-3,resnet10-ap]", "distill.alpha=null"])
+    cfg = build_config({}, ["distill.ipc=50", "evaluate.archs=[convnet-3,resnet10-ap]", "distill.tgdd.alpha=null"])
     assert cfg.distill.ipc == 50
     assert cfg.evaluate.archs == ["convnet-3", "resnet10-ap"]
-    assert cfg.distill.alpha is None
+    assert cfg.distill.tgdd.alpha is None
 
 
 def test_parse_overrides_yaml_values():

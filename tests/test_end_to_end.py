@@ -58,7 +58,7 @@ def test_pipeline_artifacts(tiny_run: Path):
     # clamped to [0, 1] before each iteration, stored after the last step unclamped (as the authors')
     assert syn.images.min() > -0.5 and syn.images.max() < 1.5 and not torch.equal(syn.images, syn.images.clamp(0, 1))
     assert (syn.meta["settings"]["init"], syn.meta["settings"]["augment_semantics"]) == ("mix", "idc")
-    assert syn.meta["settings"]["alpha"] == 2.5 and syn.meta["config"]["seed"] == 0
+    assert syn.meta["settings"]["tgdd"]["alpha"] == 2.5 and syn.meta["config"]["seed"] == 0
     assert syn.meta["code"]["git_commit"] is not None
     assert (paths.synthetic_dir(syn_cfg) / "grid.png").read_bytes()[:4] == b"\x89PNG"
     losses = pd.read_csv(paths.synthetic_dir(syn_cfg) / "losses.csv")

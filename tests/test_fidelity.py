@@ -226,13 +226,13 @@ def _toy_phase(targets: torch.Tensor, ipc: int) -> Phase:
 
     def one(c: int, images: torch.Tensor):
         loss = 0.5 * (c + 1) * (images - targets[c * ipc : (c + 1) * ipc]).pow(2).sum()
-        return loss, torch.stack([loss.detach(), loss.detach(), torch.zeros(())])
+        return loss, {"loss": loss.detach()}
 
     def batched(images: torch.Tensor):
         per = 0.5 * (images - targets).pow(2).flatten(1).sum(1).view(-1, ipc).sum(1)
         weights = torch.arange(1, len(per) + 1, dtype=per.dtype)
         losses = per * weights
-        return losses, torch.stack([losses.detach().sum(), losses.detach().sum(), torch.zeros(())])
+        return losses, {"loss": losses.detach().sum()}
 
     return Phase(one, batched)
 

@@ -56,24 +56,45 @@ def test_class_loss_is_mmd_plus_alpha_cross_entropy():
 @pytest.mark.parametrize(
     ("method", "ipc", "dataset", "expected"),
     [
-        ("tgdd", 1, "digits", {"alpha": 2.5, "lr_img": 0.01, "factor": 2, "real_batch": 128, "iterations": 10_000}),
-        ("tgdd", 10, "cifar10", {"alpha": 2.5, "lr_img": 0.1}),
-        ("tgdd", 50, "cifar10", {"alpha": 0.5, "lr_img": 0.5}),
+        (
+            "tgdd",
+            1,
+            "digits",
+            {"tgdd.alpha": 2.5, "lr_img": 0.01, "factor": 2, "real_batch": 128, "iterations": 10_000},
+        ),
+        ("tgdd", 10, "cifar10", {"tgdd.alpha": 2.5, "lr_img": 0.1, "tgdd.expert_region": 7}),
+        ("tgdd", 50, "cifar10", {"tgdd.alpha": 0.5, "lr_img": 0.5}),
         ("tgdd", 10, "imagenette", {"lr_img": 1.0}),
-        ("dm", 10, "cifar10", {"alpha": 0.0, "lr_img": 1.0, "factor": 1, "real_batch": 256, "iterations": 20_000}),
+        ("dm", 10, "cifar10", {"lr_img": 1.0, "factor": 1, "real_batch": 256, "iterations": 20_000}),
+        ("dance", 10, "cifar10", {"dance.calib_weight": 1.0, "dance.calib_passes": 1, "lr_img": 0.1}),
     ],
 )
 def test_method_defaults_follow_spec(method, ipc, dataset, expected):
     cfg = build_config({}, [f"distill.method={method}", f"distill.ipc={ipc}", f"dataset={dataset}"])
-    settings = resolve_settings(cfg, get_dataset(dataset))
+    record = resolve_settings(cfg, get_dataset(dataset)).record()
     for key, value in expected.items():
-        assert getattr(settings, key) == pytest.approx(value)
+        section, _, name = key.rpartition(".")
+        assert (record[section][name] if section else record[key]) == pytest.approx(value)
 
 
 def test_explicit_values_win_over_defaults():
-    cfg = build_config({}, ["distill.alpha=0.7", "distill.factor=1", "distill.iterations=5"])
+    cfg = build_config({}, ["distill.tgdd.alpha=0.7", "distill.factor=1", "distill.iterations=5"])
     settings = resolve_settings(cfg, get_dataset("digits"))
-    assert (settings.alpha, settings.factor, settings.iterations) == (0.7, 1, 5)
+    assert (settings.own["alpha"], settings.factor, settings.iterations) == (0.7, 1, 5)
+
+
+def test_each_method_has_its_own_validated_section():
+    from tgdd.errors import TgddError
+
+    cfg = build_config({}, ["distill.method=dance", "distill.dance.calib_weight=0.5", "distill.tgdd.alpha=3"])
+    record = resolve_settings(cfg).record()
+    assert record["dance"] == {"calib_weight": 0.5, "calib_passes": 1} and "tgdd" not in record
+    with pytest.raises(TgddError, match=r"distill.alpha' is now distill.tgdd.alpha"):
+        build_config({}, ["distill.alpha=1"])
+    with pytest.raises(TgddError, match=r"distill.dance.calib_weight.*greater than or equal to 0"):
+        build_config({}, ["distill.dance.calib_weight=-1"])
+    with pytest.raises(TgddError, match=r"Did you mean 'alpha'"):
+        build_config({}, ["distill.tgdd.alpah=1"])
 
 
 @pytest.mark.parametrize("method", ["tgdd", "dm", "dance"])

@@ -120,10 +120,11 @@ def test_dance_networks_use_the_drawn_interpolation_and_the_trained_expert():
 
 def _settings(**changes) -> DistillSettings:
     base = dict(
-        method="dance", ipc=2, iterations=1, factor=1, init="mix", alpha=2.0, expert_region=7, lr_img=0.5,
+        method="dance", ipc=2, iterations=1, factor=1, init="mix", lr_img=0.5,
         momentum=0.5, real_batch=4, max_syn_per_class=200, dsa_strategy="none", augment_semantics="idc",
         batched_classes=False, compile=False, log_every=1, checkpoint_every=0,
         image_update="per-class", image_space="pixels", real_batches="epochs",
+        own={"calib_weight": 2.0, "calib_passes": 1},
     )  # fmt: skip
     return DistillSettings(**{**base, **changes})
 
@@ -143,8 +144,8 @@ def test_calibration_pass_steps_each_class_on_its_weighted_expert_cross_entropy(
 
     loss, terms = phase.one(1, state.images[state.rows(1)])
     direct = calibration_loss(expert, normalize(before[2:4], mean, std), 1).item()
-    assert terms[2].item() == pytest.approx(ce(before[2:4], 1), rel=1e-5) == pytest.approx(direct, rel=1e-5)
-    assert loss.item() == pytest.approx(2.0 * direct, rel=1e-5) and terms[1].item() == 0
+    assert terms["calibration"].item() == pytest.approx(ce(before[2:4], 1), rel=1e-5) == pytest.approx(direct, rel=1e-5)
+    assert loss.item() == pytest.approx(2.0 * direct, rel=1e-5) == terms["loss"].item()
     run_phase(state, phase, "per-class", batched=False)
     after = state.images.detach()
     for c in range(4):  # every class moved down its own cross-entropy
@@ -155,9 +156,10 @@ def test_dance_defaults():
     from tgdd.data.registry import get_dataset
 
     digits = METHODS.get("dance").defaults(10, get_dataset("digits"))
-    assert {k: digits[k] for k in ("iterations", "factor", "alpha", "real_batch", "init")} == {
-        "iterations": 10_000, "factor": 2, "alpha": 1.0, "real_batch": 128, "init": "mix"
+    assert {k: digits[k] for k in ("iterations", "factor", "real_batch", "init")} == {
+        "iterations": 10_000, "factor": 2, "real_batch": 128, "init": "mix"
     }  # fmt: skip
+    assert METHODS.get("dance").settings().model_dump() == {"calib_weight": 1.0, "calib_passes": 1}
     assert digits["lr_img"] == pytest.approx(0.1)
     assert (digits["dsa_strategy"], digits["augment_semantics"]) == ("color_crop_cutout", "idc")
     assert METHODS.get("dance").defaults(10, get_dataset("imagenette"))["lr_img"] == pytest.approx(1.0)
@@ -184,9 +186,10 @@ def test_end_to_end_shapes_range_and_determinism(with_experts: Path, method: str
     assert torch.isfinite(first.images).all() and first.images.min() > -0.5 and first.images.max() < 1.5
     assert first.factor == (2 if method == "dance" else 1)
     assert torch.equal(first.images, again.images)
-    if method == "dance":  # the calibration step ran and its cross-entropy is logged as sdc
+    if method == "dance":  # the calibration pass ran and its cross-entropy is logged under its own name
         rows = list(csv.DictReader((paths.synthetic_dir(cfg) / "losses.csv").open()))
-        assert len(rows) == 4 and all(float(r["sdc"]) > 0 for r in rows)
+        assert len(rows) == 4 and all(float(r["calibration"]) > 0 for r in rows)
+        assert list(rows[0]) == ["iteration", "loss", "mmd", "calibration"]
 
 
 def test_herding_outputs_herded_real_images_of_each_class(with_experts: Path):

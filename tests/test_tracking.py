@@ -24,6 +24,7 @@ from tgdd import paths, steps, tracking
 from tgdd.artifacts import sha256_file
 from tgdd.config import config_dict, flatten
 from tgdd.errors import TgddError
+from tgdd.methods import METHODS as METHOD_CARDS
 from tgdd.synthetic import SyntheticSet, load_synthetic, save_grid, save_synthetic
 
 from .conftest import tiny_config
@@ -193,15 +194,17 @@ def test_server_runs_match_result_files(server, pipeline_root, monkeypatch):
         assert tags["git_dirty"] == str(meta["code"]["git_dirty"])
         for key, value in flatten(meta["config"]).items():
             assert params[key] == tracking._param_value(value), key
-        for key, value in meta["settings"].items():
+        for key, value in flatten(meta["settings"]).items():  # the method's own section too (settings.tgdd.alpha)
             assert params[f"settings.{key}"] == tracking._param_value(value), key
         assert params["distill.method"] == meta["method"]
 
         with open(syn_path.parent / "losses.csv", newline="") as handle:
-            rows = list(csv.DictReader(handle))
+            reader = csv.DictReader(handle)
+            rows, columns = list(reader), reader.fieldnames
         if meta["method"] == "tgdd":
             assert len(rows) == 4
-        for key in ("loss", "mmd", "sdc"):
+        assert columns == ["iteration", *METHOD_CARDS.get(meta["method"]).terms]
+        for key in METHOD_CARDS.get(meta["method"]).terms:
             history = server.metric_history(parent_ids[syn_path], key)
             assert len(history) == len(rows)
             assert sorted(int(m["step"]) for m in history) == [int(r["iteration"]) for r in rows]

@@ -9,16 +9,45 @@ resolved values are recorded with every artifact.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from tgdd.errors import TgddError
 from tgdd.registry import suggestion
 
 Semantics = Literal["dsa", "idc", "dsa-all"]  # tgdd.dsa_strategy.SEMANTICS (tested equal)
+
+
+# ``distill.method`` of a synthetic set made by another code base and converted by `tgdd
+# import-synthetic` (tgdd.interchange): ``imported-<name>``; `tgdd evaluate` and `tgdd report` take it
+# like any method, `tgdd distill` and the matrix do not.
+IMPORTED_PREFIX = "imported-"
+_IMPORTED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def is_imported_method(name: str) -> bool:
+    """Whether ``name`` addresses an imported synthetic set; a malformed ``imported-...`` name is an error."""
+    if not name.startswith(IMPORTED_PREFIX):
+        return False
+    if not _IMPORTED_NAME.fullmatch(name.removeprefix(IMPORTED_PREFIX)):
+        raise TgddError(
+            f"method '{name}': an imported set's name is {IMPORTED_PREFIX}<name>, <name> being up to 64 letters, "
+            "digits, '.', '_' or '-' (starting with a letter or digit)"
+        )
+    return True
 
 
 class _Strict(BaseModel):
@@ -55,7 +84,10 @@ class ExpertsConfig(_Strict):
     )
 
 
-class DistillConfig(_Strict):
+class SharedDistillConfig(_Strict):
+    """The ``distill`` keys every method shares; each method's own keys are its section
+    ``distill.<method>`` (declared on its card in tgdd.methods)."""
+
     method: str = Field("tgdd", description="distillation method of the single-step commands (see `tgdd list`)")
     ipc: int = Field(10, ge=1, description="stored synthetic images per class")
     iterations: int | None = Field(None, ge=0, description="null: method default (TGDD 10000, DM 20000)")
@@ -66,8 +98,6 @@ class DistillConfig(_Strict):
         "tile (the authors', TGDD/DANCE default); mix-random = the same with a seeded random draw; real = one "
         "random real image per stored image (DM's default); real-first = the first IPC images",
     )
-    alpha: float | None = Field(None, ge=0, description="weight of L_SDC; null: 2.5 at IPC<=10, 0.5 above")
-    expert_region: int = Field(7, ge=1, description="L: the expert stage is drawn from j..j+L-1")
     lr_img: float | None = Field(None, gt=0, description="image learning rate; null: method/dataset rule")
     momentum: float = Field(0.5, ge=0, lt=1, description="image SGD momentum")
     real_batch: int | None = Field(None, ge=1, description="real images per class per step; null: method default")
@@ -93,6 +123,18 @@ class DistillConfig(_Strict):
     )
     log_every: int = Field(10, ge=1, description="iterations between loss records")
     checkpoint_every: int = Field(100, ge=0, description="iterations between resumable checkpoints (0: never)")
+
+
+def _method_sections() -> dict[str, Any]:
+    from tgdd.methods import METHODS
+
+    return {
+        name: (card.settings, Field(default_factory=card.settings, description=f"{card.summary}: its own settings"))
+        for name, card in ((n, METHODS.get(n)) for n in METHODS.names())
+    }
+
+
+DistillConfig = create_model("DistillConfig", __base__=SharedDistillConfig, **_method_sections())
 
 
 class EvaluateConfig(_Strict):
@@ -141,7 +183,7 @@ class Config(_Strict):
     paths: PathsConfig = PathsConfig()
     data: DataConfig = DataConfig()
     experts: ExpertsConfig = ExpertsConfig()
-    distill: DistillConfig = DistillConfig()
+    distill: DistillConfig = DistillConfig()  # type: ignore[valid-type]
     evaluate: EvaluateConfig = EvaluateConfig()
     matrix: MatrixConfig = MatrixConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -166,7 +208,9 @@ class Config(_Strict):
 
         for name in [self.dataset, *self.matrix.datasets]:
             get_dataset(name)
-        for name in [self.distill.method, *self.matrix.methods]:
+        if not is_imported_method(self.distill.method):  # imported sets are evaluated, never distilled
+            METHODS.get(self.distill.method)
+        for name in self.matrix.methods:
             METHODS.get(name)
         for name in [self.experts.arch, *self.evaluate.archs]:
             check_model_name(name)
@@ -179,8 +223,18 @@ class Config(_Strict):
         return self
 
 
+# Keys that moved into a method's own section (tgdd.methods cards): the error names their new place.
+MOVED_KEYS = {
+    "distill.alpha": "distill.tgdd.alpha (DANCE's calibration weight: distill.dance.calib_weight)",
+    "distill.expert_region": "distill.tgdd.expert_region",
+}
+
+
 def _suggest_key(path: list[str], model: type[BaseModel]) -> str:
     """Error text for an unknown key, with the closest valid key of its section."""
+    dotted = ".".join(path)
+    if dotted in MOVED_KEYS:
+        return f"config key '{dotted}' is now {MOVED_KEYS[dotted]}"
     for depth, part in enumerate(path):
         fields = model.model_fields
         if part not in fields:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -50,7 +49,7 @@ def run_distillation(
     if METHODS.get(settings.method).needs_trajectories:
         trajectories = load_trajectories(cfg, paths.experts_dir(cfg), train)
         inputs["trajectories_manifest_sha256"] = trajectories.manifest_sha256
-    identity = {"settings": asdict(settings), "inputs": inputs, "seed": cfg.seed, "dataset": cfg.dataset}
+    identity = {"settings": settings.record(), "inputs": inputs, "seed": cfg.seed, "dataset": cfg.dataset}
     checkpointer = Checkpointer(paths.synthetic_dir(cfg) / "checkpoint.pt", settings.checkpoint_every, identity)
     ctx = DistillContext(
         cfg=cfg,
@@ -76,23 +75,23 @@ def run_distillation(
         "seed": cfg.seed,
         "num_classes": train.num_classes,
         "class_names": train.class_names,
-        "settings": asdict(settings),
+        "settings": settings.record(),
         "config": config_dict(cfg),
         "inputs": inputs,
         **provenance(str(device)),
     }
     out_dir = paths.synthetic_dir(cfg)
     syn_path = paths.synthetic_file(cfg)
-    write_text(out_dir / "losses.csv", _records_csv(output.records))
+    write_text(out_dir / "losses.csv", _records_csv(output.records, METHODS.get(settings.method).terms))
     save_grid(out_dir / "grid.png", output.images.cpu(), settings.ipc)
     save_synthetic(syn_path, SyntheticSet(output.images.cpu(), labels, settings.factor, meta))
     checkpointer.finish()
     return syn_path
 
 
-def _records_csv(records: list[dict[str, float]]) -> str:
+def _records_csv(records: list[dict[str, float]], terms: tuple[str, ...]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["iteration", "loss", "mmd", "sdc"])
+    writer = csv.DictWriter(buffer, fieldnames=["iteration", *terms])
     writer.writeheader()
     writer.writerows(records)
     return buffer.getvalue()

@@ -8,7 +8,8 @@ Layout, per experiment (one per project config, named by the caller, e.g. ``tgdd
 
 * one **distill** run per synthetic set, ``<dataset>-<method>-ipc<ipc>-seed<seed>``: params
   are the flattened resolved config plus the method's resolved ``settings.*``; metrics are
-  the loss curve (``loss``, ``mmd``, ``sdc`` with the iteration as step); artifacts are
+  the loss curve (every term the method records in ``losses.csv``, e.g. ``loss``, ``mmd``,
+  ``sdc``, with the iteration as step); artifacts are
   ``grid.png``, ``losses.csv`` and ``config.yaml``;
 * one **evaluate** run per evaluation file, nested under its distill run
   (``mlflow.parentRunId``), ``<arch>-<protocol>``: params are the protocol settings, runs
@@ -251,12 +252,15 @@ def _log_metrics(client: MlflowClient, run_id: str, points: list[tuple[str, floa
 
 
 def _loss_points(losses_csv: Path) -> list[tuple[str, float, int]]:
-    """``(key, value, iteration)`` for loss, mmd and sdc of each row of ``losses.csv``."""
+    """``(key, value, iteration)`` for every loss term (each column but ``iteration``) of each row
+    of ``losses.csv``: the terms are the method's own (its card's ``terms``)."""
     points = []
     with open(losses_csv, newline="") as handle:
-        for row in csv.DictReader(handle):
+        reader = csv.DictReader(handle)
+        terms = [name for name in reader.fieldnames or [] if name != "iteration"]
+        for row in reader:
             step = int(float(row["iteration"]))
-            for key in ("loss", "mmd", "sdc"):
+            for key in terms:
                 raw = (row.get(key) or "").strip()
                 if raw:
                     value = float(raw)

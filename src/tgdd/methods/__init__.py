@@ -1,9 +1,11 @@
 """Distillation methods behind one small interface, in a registry.
 
-A method's card declares its published defaults and the mechanisms of its authors' code that
-are not settings (how the synthetic images are stepped, in which space, how real batches are
-drawn); its implementation turns a :class:`DistillContext` into stored synthetic images. Adding a
-method is one card in :data:`METHODS` plus its implementation module.
+A method's card declares its own settings (a validated section ``distill.<method>``, defaults
+included), its published defaults for the shared ``distill`` keys, the names of the loss terms it
+records, and the mechanisms of its authors' code that are not settings (how the synthetic images
+are stepped, in which space, how real batches are drawn); its implementation turns a
+:class:`DistillContext` into stored synthetic images. Adding a method is one card in
+:data:`METHODS` plus its implementation module (docs/adding.md).
 
 The registry holds cards, not implementations, so that validating a config, resolving a method's
 settings, planning a pipeline or parsing the Snakefile never imports torch (about 3 s on a
@@ -14,8 +16,10 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from tgdd.errors import TgddError
 from tgdd.registry import Registry
@@ -29,17 +33,42 @@ if TYPE_CHECKING:
 from tgdd.data.registry import DatasetSpec
 
 
+class MethodSettings(BaseModel):
+    """A method's own settings section, ``distill.<method>`` (validated strictly; ``null`` fields
+    get their published value from :meth:`resolve`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def resolve(self, ipc: int, spec: DatasetSpec) -> MethodSettings:
+        """These settings with every ``null`` replaced by the method's published value."""
+        return self
+
+
+class TGDDSettings(MethodSettings):
+    alpha: float | None = Field(None, ge=0, description="weight of L_SDC; null: 2.5 at IPC <= 10, 0.5 above (SPEC §3)")
+    expert_region: int = Field(7, ge=1, description="L: the expert stage is drawn from j..min(j+L-1, E)")
+
+    def resolve(self, ipc: int, spec: DatasetSpec) -> TGDDSettings:
+        return self if self.alpha is not None else self.model_copy(update={"alpha": 2.5 if ipc <= 10 else 0.5})
+
+
+class DANCESettings(MethodSettings):
+    calib_weight: float = Field(
+        1.0, ge=0, description="weight of the calibration cross-entropy (the authors' code adds it unweighted)"
+    )
+    calib_passes: int = Field(1, ge=0, description="calibration passes over the classes per iteration (iter_calib)")
+
+
 @dataclass(frozen=True)
 class DistillSettings:
-    """``distill.*`` with every ``null`` replaced by the method's default: what actually ran."""
+    """``distill.*`` with every ``null`` replaced by the method's default: what actually ran.
+    ``own`` is the method's own section, resolved (``distill.<method>``)."""
 
     method: str
     ipc: int
     iterations: int
     factor: int
     init: str
-    alpha: float
-    expert_region: int
     lr_img: float
     momentum: float
     real_batch: int
@@ -54,6 +83,20 @@ class DistillSettings:
     image_update: str
     image_space: str
     real_batches: str
+    own: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        """The resolved settings as plain data, the method's own under its name (``tgdd: {alpha: ...}``):
+        what a synthetic set stores as ``meta["settings"]`` and what freshness checks compare."""
+        shared = asdict(self)
+        return {**{k: v for k, v in shared.items() if k != "own"}, self.method: dict(self.own)}
+
+    def of(self, kind: type[S]) -> S:
+        """The method's own settings as their typed section."""
+        return kind.model_validate(self.own)
+
+
+S = TypeVar("S", bound=MethodSettings)
 
 
 @dataclass
@@ -105,7 +148,9 @@ class MethodCard:
     needs_trajectories: bool  # uses expert trajectories (so `tgdd experts` must run first)
     optimizes_images: bool  # runs distill.iterations of image updates (False: selects real images)
     summary: str
-    defaults: Defaults  # (ipc, data set) -> the published values of the keys a config leaves null
+    defaults: Defaults  # (ipc, data set) -> published values of the shared keys a config leaves null
+    settings: type[MethodSettings] = MethodSettings  # its own section, distill.<name>
+    terms: tuple[str, ...] = ("loss",)  # the loss terms each record of losses.csv carries, by name
     image_update: str = "per-class"  # a key of IMAGE_UPDATES
     image_space: str = "pixels"  # a key of IMAGE_SPACES
     real_batches: str = "epochs"  # a key of tgdd.data.prepared.REAL_BATCHES ('epochs' or 'fresh')
@@ -117,18 +162,11 @@ def tgdd_defaults(ipc: int, spec: DatasetSpec) -> dict[str, Any]:
         "iterations": 10_000,
         "factor": 2,
         "init": "mix",
-        "alpha": 2.5 if ipc <= 10 else 0.5,
         "lr_img": (0.01 if spec.image_size <= 64 else 0.1) * ipc,
         "real_batch": 128,
         "dsa_strategy": "color_crop_cutout",
         "augment_semantics": "idc",
     }
-
-
-def dance_defaults(ipc: int, spec: DatasetSpec) -> dict[str, Any]:
-    """DANCE's arg_condense.py/reproduce_condense.py: TGDD's, with its calibration loss unweighted
-    (its code adds the cross-entropy with weight 1; kept in ``alpha``)."""
-    return {**tgdd_defaults(ipc, spec), "alpha": 1.0}
 
 
 def dm_defaults(ipc: int, spec: DatasetSpec) -> dict[str, Any]:
@@ -138,7 +176,6 @@ def dm_defaults(ipc: int, spec: DatasetSpec) -> dict[str, Any]:
         "iterations": 20_000,
         "factor": 1,
         "init": "real",
-        "alpha": 0.0,
         "lr_img": 1.0,
         "real_batch": 256,
         "dsa_strategy": "color_crop_cutout_flip_scale_rotate",
@@ -152,7 +189,6 @@ def selection_defaults(ipc: int, spec: DatasetSpec) -> dict[str, Any]:
         "iterations": 0,
         "factor": 1,
         "init": "real",
-        "alpha": 0.0,
         "lr_img": 1.0,
         "real_batch": 1,
         "dsa_strategy": "none",
@@ -163,7 +199,15 @@ def selection_defaults(ipc: int, spec: DatasetSpec) -> dict[str, Any]:
 METHODS: Registry[MethodCard] = Registry("method")
 METHODS.add(
     "tgdd",
-    MethodCard("tgdd.methods.matching", True, True, "TGDD: trajectory-guided distribution matching", tgdd_defaults),
+    MethodCard(
+        "tgdd.methods.matching",
+        True,
+        True,
+        "TGDD: trajectory-guided distribution matching",
+        tgdd_defaults,
+        settings=TGDDSettings,
+        terms=("loss", "mmd", "sdc"),
+    ),
 )
 METHODS.add(
     "dm",
@@ -173,6 +217,7 @@ METHODS.add(
         True,
         "DM: distribution matching, random networks",
         dm_defaults,
+        terms=("loss", "mmd"),
         image_update="summed",
         image_space="normalised",
         real_batches="fresh",
@@ -180,7 +225,15 @@ METHODS.add(
 )
 METHODS.add(
     "dance",
-    MethodCard("tgdd.methods.dance", True, True, "DANCE: interpolated encoder + calibration", dance_defaults),
+    MethodCard(
+        "tgdd.methods.dance",
+        True,
+        True,
+        "DANCE: interpolated encoder + calibration",
+        tgdd_defaults,  # DANCE's reproduce_condense.py sets what TGDD's does
+        settings=DANCESettings,
+        terms=("loss", "mmd", "calibration"),
+    ),
 )
 METHODS.add(
     "random",
@@ -216,12 +269,15 @@ def resolve_settings(cfg: Config, spec: DatasetSpec | None = None) -> DistillSet
 
     card = METHODS.get(cfg.distill.method)
     spec = spec or get_dataset(cfg.dataset)
-    chosen = cfg.distill.model_dump()
+    chosen = {k: v for k, v in cfg.distill.model_dump().items() if k not in METHODS}
+    own = getattr(cfg.distill, cfg.distill.method).resolve(cfg.distill.ipc, spec).model_dump(mode="json")
     for key, value in card.defaults(cfg.distill.ipc, spec).items():
         if chosen.get(key) is None:
             chosen[key] = value
-    missing = [k for k, v in chosen.items() if v is None]
+    missing = [k for k, v in chosen.items() if v is None] + [
+        f"{cfg.distill.method}.{k}" for k, v in own.items() if v is None
+    ]
     if missing:
         raise TgddError(f"method '{cfg.distill.method}' has no default for {missing}; set them in the config")
     mechanisms = {"image_update": card.image_update, "image_space": card.image_space, "real_batches": card.real_batches}
-    return DistillSettings(**chosen, **mechanisms)
+    return DistillSettings(**chosen, **mechanisms, own=own)

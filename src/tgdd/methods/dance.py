@@ -6,8 +6,8 @@ Per iteration it matches mean features under an *interpolated* encoder
 with no cross-entropy in that pass; then a second pass over the classes, the "distribution
 calibration": per class ``beta * CE(p[i][E](syn_c), c)`` on a fresh, augmented view of that
 class's synthetic images, one more step of the SAME image optimiser (so its momentum carries over
-from the matching pass). The authors' code adds the cross-entropy unweighted; beta is kept in
-``distill.alpha`` (default 1.0).
+from the matching pass). The authors' code adds the cross-entropy unweighted and makes one
+calibration pass (``iter_calib = 1``): ``distill.dance.calib_weight`` and ``calib_passes``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import nn
 
 from tgdd.augment import normalize  # noqa: F401  (re-exported for tests)
 from tgdd.experts import StateDict
-from tgdd.methods import DistillContext, implements
+from tgdd.methods import DANCESettings, DistillContext, implements
 from tgdd.methods.matching import (
     Iteration,
     MatchingMethod,
@@ -47,15 +47,17 @@ def calibration_loss(expert: nn.Module, syn: torch.Tensor, label: int) -> torch.
 
 def calibration_phase(it: Iteration, trained: nn.Module) -> Phase:
     """DANCE's calibration pass: class c's decoded synthetic batch, one augmentation draw for it
-    (``aug(img_syn)`` with ``batch=True``), ``alpha * CE`` under the trained endpoint p[i][E]."""
+    (``aug(img_syn)`` with ``batch=True``), ``calib_weight * CE`` under the trained endpoint p[i][E]
+    (term ``calibration``: the unweighted CE)."""
     ctx, s = it.ctx, it.ctx.settings
+    weight = s.of(DANCESettings).calib_weight
 
     def one(c: int, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         syn = it.space.network_input(synthetic_batch(images, s, ctx.gen))
         (syn,) = it.augment.siamese(syn, gen=ctx.gen)
         ce = calibration_loss(trained, syn, c)
-        loss = s.alpha * ce
-        return loss, torch.stack([loss.detach(), torch.zeros_like(ce), ce.detach()])
+        loss = weight * ce
+        return loss, {"loss": loss.detach(), "calibration": ce.detach()}
 
     def batched(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         num_classes = len(images) // s.ipc
@@ -64,9 +66,8 @@ def calibration_phase(it: Iteration, trained: nn.Module) -> Phase:
         (syn,) = it.augment.siamese_per_group((it.space.network_input(torch.cat(syns)),), (ids,), num_classes, ctx.gen)
         per_image = F.cross_entropy(trained(syn), ids, reduction="none")
         ce = segment_mean(per_image.unsqueeze(1), ids, num_classes).squeeze(1)
-        loss = s.alpha * ce
-        zero = torch.zeros((), device=ce.device)
-        return loss, torch.stack([loss.detach().sum(), zero, ce.detach().sum()])
+        loss = weight * ce
+        return loss, {"loss": loss.detach().sum(), "calibration": ce.detach().sum()}
 
     return Phase(one, batched)
 
@@ -90,7 +91,8 @@ class DANCE(MatchingMethod):
         return extractor, None
 
     def phases(self, it: Iteration, nets: tuple[nn.Module, nn.Module]) -> list[Phase]:
-        return [matching_phase(it), calibration_phase(it, nets[1])]
+        passes = it.ctx.settings.of(DANCESettings).calib_passes
+        return [matching_phase(it, alpha=0.0)] + [calibration_phase(it, nets[1]) for _ in range(passes)]
 
 
 implements("dance", DANCE())

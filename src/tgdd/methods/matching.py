@@ -5,6 +5,7 @@ batches are drawn; see :mod:`tgdd.methods` and docs/fidelity.md)."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 from tgdd.augment import DiffAugment, normalize
 from tgdd.data.prepared import REAL_BATCHES
 from tgdd.errors import TgddError
-from tgdd.methods import DistillContext, DistillOutput, DistillSettings, implements
+from tgdd.methods import METHODS, DistillContext, DistillOutput, DistillSettings, TGDDSettings, implements
 from tgdd.models import build_model
 from tgdd.runtime import seeded_init
 from tgdd.synthetic import decode, initial_images
@@ -165,17 +166,25 @@ class ImageState:
         self.optimizer.zero_grad(set_to_none=True)
 
 
+Terms = dict[str, torch.Tensor]
+
+
 @dataclass(frozen=True)
 class Phase:
     """One pass over the classes, each class with a loss on its own images. ``one(c, images_c)``
     draws class c's batches and returns (loss, terms); ``batched(images)`` does every class in one
-    forward pass and returns (per-class losses, summed terms). Terms are (loss, L_MMD, L_SDC)."""
+    forward pass and returns (per-class losses, terms summed over classes). Terms are the method's
+    named loss terms (its card's ``terms``), detached scalars."""
 
-    one: Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-    batched: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    one: Callable[[int, torch.Tensor], tuple[torch.Tensor, Terms]]
+    batched: Callable[[torch.Tensor], tuple[torch.Tensor, Terms]]
 
 
-def run_phase(state: ImageState, phase: Phase, update: str, batched: bool) -> torch.Tensor:
+def add_terms(total: Terms, more: Terms) -> Terms:
+    return {key: total.get(key, 0) + more.get(key, 0) for key in total.keys() | more.keys()}
+
+
+def run_phase(state: ImageState, phase: Phase, update: str, batched: bool) -> Terms:
     """Step the images through one phase under the method's update rule (its card's
     ``image_update``): ``summed`` is one step on the sum of the class losses (DM), ``per-class`` one
     step per class, literally or as :meth:`ImageState.probe` + :meth:`ImageState.replay`."""
@@ -184,7 +193,7 @@ def run_phase(state: ImageState, phase: Phase, update: str, batched: bool) -> to
             losses, terms = phase.batched(state.images)
         else:
             parts = [phase.one(c, state.images[state.rows(c)]) for c in range(state.num_classes)]
-            losses, terms = torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts]).sum(0)
+            losses, terms = torch.stack([p[0] for p in parts]), functools.reduce(add_terms, [p[1] for p in parts])
         state.step(losses.sum())
         return terms
     if batched:
@@ -193,11 +202,11 @@ def run_phase(state: ImageState, phase: Phase, update: str, batched: bool) -> to
         (grad,) = torch.autograd.grad(losses.sum(), probe)
         state.replay(grad)
         return terms
-    totals = torch.zeros(3, device=state.images.device)
+    totals: Terms = {}
     for c in range(state.num_classes):
         loss, terms = phase.one(c, state.images[state.rows(c)])
         state.step(loss)
-        totals += terms
+        totals = add_terms(totals, terms)
     return totals
 
 
@@ -259,9 +268,10 @@ class Iteration:
     expert: nn.Module | None
 
 
-def matching_phase(it: Iteration) -> Phase:
+def matching_phase(it: Iteration, alpha: float) -> Phase:
     """SPEC §3 step 5: per class its real batch, its decoded synthetic batch, ONE augmentation draw
-    for both (the authors' ``aug(torch.cat([real, syn]))`` with ``batch=True``), L_MMD + alpha L_SDC."""
+    for both (the authors' ``aug(torch.cat([real, syn]))`` with ``batch=True``), L_MMD + alpha L_SDC
+    (terms ``loss``, ``mmd``, ``sdc``; no expert: L_SDC = 0)."""
     ctx, s = it.ctx, it.ctx.settings
     mean, std = it.space.mean, it.space.std
 
@@ -269,8 +279,8 @@ def matching_phase(it: Iteration) -> Phase:
         real = normalize(it.real.next(c, ctx.gen), mean, std)
         syn = it.space.network_input(synthetic_batch(images, s, ctx.gen))
         real, syn = it.augment.siamese(real, syn, gen=ctx.gen)
-        loss, mmd, sdc = class_loss(it.extractor, it.expert, real, syn, c, s.alpha)
-        return loss, torch.stack([loss.detach(), mmd, sdc])
+        loss, mmd, sdc = class_loss(it.extractor, it.expert, real, syn, c, alpha)
+        return loss, {"loss": loss.detach(), "mmd": mmd, "sdc": sdc}
 
     def batched(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         num_classes = len(images) // s.ipc
@@ -283,13 +293,13 @@ def matching_phase(it: Iteration) -> Phase:
         with torch.no_grad():
             real_means = segment_mean(it.extractor.features(real), real_ids, num_classes)
         mmd = (real_means - segment_mean(it.extractor.features(syn), syn_ids, num_classes)).pow(2).sum(1)
-        if it.expert is None or s.alpha == 0:
+        if it.expert is None or alpha == 0:
             sdc = torch.zeros_like(mmd)
         else:
             per_image = F.cross_entropy(it.expert(syn), syn_ids, reduction="none")
             sdc = segment_mean(per_image.unsqueeze(1), syn_ids, num_classes).squeeze(1)
-        loss = mmd + s.alpha * sdc
-        return loss, torch.stack([loss.detach().sum(), mmd.detach().sum(), sdc.detach().sum()])
+        loss = mmd + alpha * sdc
+        return loss, {"loss": loss.detach().sum(), "mmd": mmd.detach().sum(), "sdc": sdc.detach().sum()}
 
     return Phase(one, batched)
 
@@ -302,7 +312,7 @@ class MatchingMethod:
         raise NotImplementedError
 
     def phases(self, it: Iteration, nets: tuple[nn.Module, nn.Module]) -> list[Phase]:
-        return [matching_phase(it)]
+        return [matching_phase(it, alpha=0.0)]
 
     def initial_state(self, ctx: DistillContext, space: Space) -> LoopState:
         s, train = ctx.settings, ctx.train
@@ -313,6 +323,7 @@ class MatchingMethod:
     def run(self, ctx: DistillContext) -> DistillOutput:
         s, train, device = ctx.settings, ctx.train, ctx.device
         num_classes = train.num_classes
+        terms = METHODS.get(s.method).terms  # "loss" first
         channels, size = train.images.shape[1], train.images.shape[2]
         space = Space(s.image_space == "normalised", train.mean.to(device), train.std.to(device))
         state = self.initial_state(ctx, space)
@@ -338,15 +349,17 @@ class MatchingMethod:
                 with torch.no_grad():
                     state.images.images.clamp_(0, 1)
             shared = Iteration(ctx, state.real, augment, space, extractor, expert)
-            totals = sum(
-                (
+            totals = functools.reduce(
+                add_terms,
+                [
                     run_phase(state.images, phase, s.image_update, s.batched_classes)
                     for phase in self.phases(shared, nets)
-                ),
-                start=torch.zeros(3, device=device),
+                ],
             )
             images_finite = torch.isfinite(state.images.images).all()
-            loss_v, mmd_v, sdc_v = (totals / num_classes).tolist()  # one host sync per iteration
+            zero = torch.zeros((), device=device)
+            means = (torch.stack([totals.get(t, zero) for t in terms]) / num_classes).tolist()  # one host sync
+            loss_v = means[0]
             if not (math.isfinite(loss_v) and bool(images_finite)):
                 what = f"loss became {loss_v}" if not math.isfinite(loss_v) else "images became non-finite"
                 raise TgddError(
@@ -354,7 +367,7 @@ class MatchingMethod:
                     "(lower distill.lr_img and rerun)"
                 )
             if it % s.log_every == 0 or it == s.iterations - 1:
-                state.records.append({"iteration": it, "loss": loss_v, "mmd": mmd_v, "sdc": sdc_v})
+                state.records.append({"iteration": it, **dict(zip(terms, means, strict=True))})
             state.iteration += 1
             progress.update()
             if ctx.checkpoint is not None:
@@ -369,11 +382,15 @@ class TGDD(MatchingMethod):
 
     def networks(self, ctx: DistillContext, nets: tuple[nn.Module, nn.Module]) -> tuple[nn.Module, nn.Module | None]:
         traj = ctx.trajectories
-        stages = sample_stages(ctx.gen, len(traj.snapshots), traj.epochs, ctx.settings.expert_region)
+        region = ctx.settings.of(TGDDSettings).expert_region
+        stages = sample_stages(ctx.gen, len(traj.snapshots), traj.epochs, region)
         extractor, expert = nets
         extractor.load_state_dict(traj.snapshots[stages.trajectory][stages.extractor])
         expert.load_state_dict(traj.snapshots[stages.trajectory][stages.expert])
         return extractor, expert
+
+    def phases(self, it: Iteration, nets: tuple[nn.Module, nn.Module]) -> list[Phase]:
+        return [matching_phase(it, alpha=it.ctx.settings.of(TGDDSettings).alpha)]
 
 
 class DM(MatchingMethod):

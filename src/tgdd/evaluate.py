@@ -24,7 +24,13 @@ from tgdd.train import accuracy, train_classifier
 
 def check_inputs(cfg: Config, meta: dict, syn_path: Path) -> None:
     """Refuse a synthetic set distilled from other data or other trajectories than the ones the
-    config points at now (their hashes are recorded in the set)."""
+    config points at now (their hashes are recorded in the set). An imported set was made from no
+    data of ours: its own checks are :func:`tgdd.interchange.check_imported`."""
+    if "origin" in meta:
+        from tgdd.interchange import check_imported
+
+        check_imported(cfg, meta, syn_path)
+        return
     inputs = meta.get("inputs", {})
     manifest = read_json(paths.prepared_dir(cfg) / "manifest.json")
     train_sha = manifest.get("files", {}).get("train.pt", {}).get("sha256")
@@ -102,6 +108,7 @@ def evaluate_synthetic(cfg: Config, device: torch.device, progress: bool = True)
             "synthetic_file": str(syn_path),
             "test_sha256": test.sha256,
             "distill_seed": cfg.seed,
+            **({"origin": meta["origin"]} if "origin" in meta else {}),  # an imported set's (tgdd.interchange)
             **provenance(str(device)),
         }
         path = paths.evaluation_file(cfg, arch)

@@ -25,6 +25,12 @@ def synthetic_file(cfg: Config) -> Path:
     return synthetic_dir(cfg) / "synthetic.pt"
 
 
+def export_dir(cfg: Config, fmt: str) -> Path:
+    """Where `tgdd export-synthetic` writes the synthetic set of ``cfg`` in another code base's format."""
+    d = cfg.distill
+    return cfg.paths.results / "export" / cfg.dataset / d.method / f"ipc{d.ipc}" / f"seed{cfg.seed}" / fmt
+
+
 def evaluation_file(cfg: Config, arch: str) -> Path:
     d = cfg.distill
     name = f"{arch}__{cfg.evaluate.protocol}.json"

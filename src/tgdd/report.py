@@ -41,6 +41,7 @@ def collect_results(eval_root: Path) -> pd.DataFrame:
                 "factor": r["factor"],
                 "seeds": " ".join(map(str, r["seeds"])),
                 "distill_seed": r.get("distill_seed"),
+                "origin": (r.get("origin") or {}).get("label", ""),  # imported sets (tgdd.interchange)
             }
         )
     if not rows:
@@ -127,6 +128,19 @@ def comparison_tables(frame: pd.DataFrame, protocol: str = "tgdd") -> str:
     return "\n\n".join(blocks) + ("\n" if blocks else "")
 
 
+def imported_sets(frame: pd.DataFrame) -> str:
+    """One line per imported synthetic set in the tables: where it came from (``origin``)."""
+    rows = frame[frame["origin"] != ""].drop_duplicates(["dataset", "ipc", "method"])
+    if rows.empty:
+        return ""
+    lines = [f"- `{r.method}`, {r.dataset} IPC {r.ipc}: {r.origin}" for r in rows.itertuples()]
+    return (
+        "### Imported synthetic sets\n\n"
+        "Not distilled here: made by another code base, converted by `tgdd import-synthetic` "
+        "(docs/interchange.md) and evaluated under the same protocol as the rest.\n\n" + "\n".join(lines) + "\n"
+    )
+
+
 def headline_metrics(frame: pd.DataFrame) -> dict:
     """Nested ``dataset -> ipc<k> -> method -> arch/protocol -> {mean, std}``: DVC's metrics file."""
     metrics: dict = {}
@@ -141,6 +155,8 @@ def write_report(eval_root: Path, tables_dir: Path) -> tuple[list[Path], str]:
     published numbers, and metrics.json. Returns the paths and the Markdown shown to the user."""
     frame = collect_results(eval_root)
     markdown = paper_table(frame) + "\n" + cross_arch_table(frame)
+    if imported := imported_sets(frame):
+        markdown += "\n" + imported
     written = [
         write_text(tables_dir / "summary.csv", frame.to_csv(index=False, float_format="%.4f")),
         write_text(tables_dir / "summary.md", markdown),

@@ -99,6 +99,22 @@ def report(cfg: Config) -> list[Path]:
     return written
 
 
+def import_synthetic(cfg: Config, fmt: str, files: list[Path], **options) -> list[Path]:
+    """A synthetic set written by another code base, as the tgdd set of method ``imported-<name>``
+    (options: :class:`tgdd.interchange.ImportOptions`)."""
+    from tgdd.interchange import ImportOptions, import_synthetic
+
+    return import_synthetic(cfg, fmt, files, ImportOptions(**options))
+
+
+def export_synthetic(cfg: Config, fmt: str, **options) -> list[Path]:
+    """The synthetic set of ``cfg`` in another code base's format (options: ``out_dir``, ``zca``,
+    ``mean``, ``std`` of :func:`tgdd.interchange.export_synthetic`)."""
+    from tgdd.interchange import export_synthetic
+
+    return export_synthetic(cfg, fmt, **options)
+
+
 def matrix_configs(cfg: Config) -> list[Config]:
     """One config per (dataset, seed, method, IPC) cell of ``matrix`` (each data set's own
     ``per_dataset`` settings, including its methods and IPCs, applied)."""

@@ -120,3 +120,24 @@ def test_feature_dims(name: str, channels: int, size: int, feature_dim: int) -> 
 )
 def test_parameter_counts(name: str, reference: int) -> None:
     assert _params(build_model(name, 3, 32, 10)) == pytest.approx(reference, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("name", "channels", "size"), [("convnet-3-bn", 3, 32), ("convnet-3", 1, 28), ("convnet-2-none-w8", 1, 16)]
+)
+def test_convnet_activations_are_each_blocks_post_relu_map_before_its_pool(name: str, channels: int, size: int) -> None:
+    """ConvNet.activations: block b's conv -> norm -> ReLU output (what DataDAM's hooks on the ReLUs
+    record), and features() of the same forward pass."""
+    model = build_model(name, channels, size, NUM_CLASSES).train()
+    x = torch.randn(4, channels, size, size)
+    maps, features = model.activations(x)
+    blocks = [model.body[i : i + 4] for i in range(0, len(model.body), 4)]  # conv, norm, relu, pool
+    assert len(maps) == len(blocks) == int(name.split("-")[1])
+    out, side = x, 32 if size == 28 else size
+    for block, tapped in zip(blocks, maps, strict=True):
+        expected = torch.relu(block[1](block[0](out)))
+        assert tapped.shape == (4, 128 if "w8" not in name else 8, side, side)
+        torch.testing.assert_close(tapped, expected)
+        out, side = block[3](expected), side // 2
+    torch.testing.assert_close(features, model.features(x))
+    torch.testing.assert_close(features, out.flatten(1))

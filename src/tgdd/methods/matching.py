@@ -174,9 +174,10 @@ class Phase:
     """One pass over the classes, each class with a loss on its own images. ``one(c, images_c)``
     draws class c's batches and returns (loss, terms); ``batched(images)`` does every class in one
     forward pass and returns (per-class losses, terms summed over classes). Terms are the method's
-    named loss terms (its card's ``terms``), detached scalars."""
+    named loss terms (its card's ``terms``), detached scalars. ``one`` is None for a loss defined
+    only over every class at once (:attr:`MatchingMethod.joint_classes`)."""
 
-    one: Callable[[int, torch.Tensor], tuple[torch.Tensor, Terms]]
+    one: Callable[[int, torch.Tensor], tuple[torch.Tensor, Terms]] | None
     batched: Callable[[torch.Tensor], tuple[torch.Tensor, Terms]]
 
 
@@ -308,6 +309,15 @@ class MatchingMethod:
     """The distribution-matching loop; subclasses choose the networks (and may add phases after
     the matching pass, as DANCE's calibration)."""
 
+    joint_classes = False
+    """True for a method whose loss is defined over every class in one forward pass (DataDAM: its
+    authors' batch norm normalises all classes' images together): its phases always run batched,
+    whatever ``distill.batched_classes`` says and with batch norm too, and have no per-class loss."""
+
+    def arch(self, ctx: DistillContext) -> str:
+        """The matching networks' architecture: the experts' (a method may derive its own)."""
+        return ctx.cfg.experts.arch
+
     def networks(self, ctx: DistillContext, nets: tuple[nn.Module, nn.Module]) -> tuple[nn.Module, nn.Module | None]:
         raise NotImplementedError
 
@@ -330,9 +340,10 @@ class MatchingMethod:
         if ctx.checkpoint is not None and ctx.checkpoint.resume_blob is not None:
             state.restore(ctx.checkpoint.resume_blob, ctx.gen)
         augment = DiffAugment(s.dsa_strategy, s.augment_semantics)
-        arch = ctx.cfg.experts.arch
+        arch = self.arch(ctx)
         nets = tuple(_frozen(build_model(arch, channels, size, num_classes).to(device)) for _ in range(2))
-        if s.batched_classes and has_batch_norm(nets[0]):
+        batched = s.batched_classes or self.joint_classes
+        if s.batched_classes and not self.joint_classes and has_batch_norm(nets[0]):
             raise TgddError(
                 f"distill.batched_classes with {arch}: its batch norm would mix the classes' batch statistics "
                 "(set distill.batched_classes=false)"
@@ -351,10 +362,7 @@ class MatchingMethod:
             shared = Iteration(ctx, state.real, augment, space, extractor, expert)
             totals = functools.reduce(
                 add_terms,
-                [
-                    run_phase(state.images, phase, s.image_update, s.batched_classes)
-                    for phase in self.phases(shared, nets)
-                ],
+                [run_phase(state.images, phase, s.image_update, batched) for phase in self.phases(shared, nets)],
             )
             images_finite = torch.isfinite(state.images.images).all()
             zero = torch.zeros((), device=device)
@@ -400,7 +408,7 @@ class DM(MatchingMethod):
         seed = int(torch.randint(2**62, (1,), generator=ctx.gen, device=ctx.gen.device))
         train = ctx.train
         with seeded_init(seed):
-            fresh = build_model(ctx.cfg.experts.arch, train.images.shape[1], train.images.shape[2], train.num_classes)
+            fresh = build_model(self.arch(ctx), train.images.shape[1], train.images.shape[2], train.num_classes)
         extractor = nets[0]
         extractor.load_state_dict(fresh.state_dict())
         return extractor, None

@@ -50,6 +50,17 @@ class ConvNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x).flatten(1)
 
+    def activations(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Each block's activation map, after conv -> norm -> ReLU and before its pool (``[N, width,
+        h, w]``, block 1 first; what DataDAM's forward hooks on the ReLUs record), and
+        :meth:`features` of the same forward pass."""
+        maps = []
+        for layer in self.body:
+            x = layer(x)
+            if isinstance(layer, nn.ReLU):
+                maps.append(x)  # the in-place ReLU's output; the pool after it writes a new tensor
+        return maps, x.flatten(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 

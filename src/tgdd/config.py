@@ -92,11 +92,13 @@ class SharedDistillConfig(_Strict):
     ipc: int = Field(10, ge=1, description="stored synthetic images per class")
     iterations: int | None = Field(None, ge=0, description="null: method default (TGDD 10000, DM 20000)")
     factor: int | None = Field(None, ge=1, description="multi-formation factor f; null: method default")
-    init: Literal["mix", "mix-random", "real", "real-first"] | None = Field(
+    init: Literal["mix", "mix-random", "real", "real-first", "mix-pooled"] | None = Field(
         None,
         description="start: mix = the first f*f*IPC real images of each class, each downsized (nearest) into a "
         "tile (the authors', TGDD/DANCE default); mix-random = the same with a seeded random draw; real = one "
-        "random real image per stored image (DM's default); real-first = the first IPC images",
+        "random real image per stored image (DM's default); real-first = the first IPC images; mix-pooled = "
+        "f*f tiles, each an independent random draw of IPC images shrunk bilinearly (f = 2: 2x2 average "
+        "pooling; IDM's default)",
     )
     lr_img: float | None = Field(None, gt=0, description="image learning rate; null: method/dataset rule")
     momentum: float = Field(0.5, ge=0, lt=1, description="image SGD momentum")

@@ -71,13 +71,37 @@ def tile(images: torch.Tensor, factor: int) -> torch.Tensor:
     return out
 
 
+def pooled_tiles(draws: list[torch.Tensor], factor: int) -> torch.Tensor:
+    """IDM's initialisation (``IDM_cifar10.py`` l. 141-145): f*f draws of ``[n, C, H, W]`` ->
+    ``[n, C, H, W]``, draw k shrunk by ``F.interpolate(scale_factor=1/f, mode='bilinear')``
+    (``align_corners=False``; for f = 2 that is 2x2 average pooling) into tile (row k % f, column
+    k // f): column-major, as their quadrants top-left, bottom-left, top-right, bottom-right."""
+    if len(draws) != factor * factor:
+        raise ValueError(f"{len(draws)} draws cannot be tiled {factor}x{factor}")
+    if factor == 1:
+        return draws[0].clone()
+    n, c, h, w = draws[0].shape
+    if h % factor or w % factor:
+        raise TgddError(f"mix-pooled tiles {h}x{w} px images {factor}x{factor}: the size must be a multiple of f")
+    s, t = h // factor, w // factor
+    out = draws[0].new_empty(n, c, h, w)
+    for k, draw in enumerate(draws):
+        i, j = k % factor, k // factor
+        out[:, :, i * s : (i + 1) * s, j * t : (j + 1) * t] = F.interpolate(
+            draw, scale_factor=1 / factor, mode="bilinear", align_corners=False
+        )
+    return out
+
+
 @dataclass(frozen=True)
 class Initialisation:
     """Which real images start a synthetic set: f*f tiled per stored image or one each, and the
-    first ones of each class in the data set's order or a seeded random draw."""
+    first ones of each class in the data set's order or a seeded random draw; ``pooled``: each
+    tile position its own random draw of IPC images, shrunk bilinearly (:func:`pooled_tiles`)."""
 
     tiled: bool
     first: bool
+    pooled: bool = False
 
 
 # The names distill.init accepts (tgdd.config lists the same, tested).
@@ -86,12 +110,15 @@ INITIALISATIONS: dict[str, Initialisation] = {
     "mix-random": Initialisation(tiled=True, first=False),
     "real": Initialisation(tiled=False, first=False),  # DM's: random real images
     "real-first": Initialisation(tiled=False, first=True),
+    "mix-pooled": Initialisation(tiled=True, first=False, pooled=True),  # IDM's
 }
 
 
 def images_needed(init: str, ipc: int, factor: int) -> int:
-    """Real images per class that an initialisation reads."""
-    return ipc * factor * factor if INITIALISATIONS[init].tiled else ipc
+    """Real images per class that an initialisation reads (distinct ones: ``mix-pooled`` draws IPC
+    images f*f times independently)."""
+    rule = INITIALISATIONS[init]
+    return ipc * factor * factor if rule.tiled and not rule.pooled else ipc
 
 
 def initial_images(
@@ -103,6 +130,9 @@ def initial_images(
     count = images_needed(init, ipc, factor)
     per_class = []
     for c in range(num_classes):
+        if rule.pooled:
+            per_class.append(pooled_tiles([sampler.sample(c, ipc, gen) for _ in range(factor * factor)], factor))
+            continue
         real = sampler.first(c, count) if rule.first else sampler.sample(c, count, gen)
         per_class.append(tile(real, factor) if rule.tiled else real)
     return torch.cat(per_class)

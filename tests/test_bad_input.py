@@ -51,12 +51,14 @@ def test_trajectories_of_another_architecture_or_class_count(ready, tmp_path):
     other.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(experts, other)
     with pytest.raises(
-        TgddError, match=r"do not match the config \(arch: have 'convnet-1-w16', config wants 'convnet-2-w16'\)"
+        TgddError, match=r"do not match the config \(recipe.arch: have 'convnet-1-w16', config wants 'convnet-2-w16'\)"
     ):
         steps.distill(tiny_config(root, "experts.arch=convnet-2-w16"))
     manifest = experts / "manifest.json"
-    manifest.write_text(manifest.read_text().replace('"num_classes": 10', '"num_classes": 7'))
-    with pytest.raises(TgddError, match=r"num_classes: have 7, config wants 10"):
+    recorded = json.loads(manifest.read_text())
+    recorded["identity"]["train_sha256"] = "0" * 64  # trajectories of other training data (another class count...)
+    manifest.write_text(json.dumps(recorded))
+    with pytest.raises(TgddError, match=r"train_sha256: have '0{64}', config wants '[0-9a-f]{64}'"):
         steps.distill(tiny_config(root))
 
 

@@ -126,7 +126,7 @@ def test_missing_inputs_give_clear_errors(tmp_path: Path, tiny_run: Path):
     with pytest.raises(TgddError, match="no synthetic set .* run `tgdd distill` first"):
         steps.evaluate(cfg)
     shutil.copytree(tiny_run / "results" / "experts", tmp_path / "results" / "experts")
-    with pytest.raises(TgddError, match=r"do not match the config \(epochs: have 2, config wants 3\)"):
+    with pytest.raises(TgddError, match=r"do not match the config \(recipe\.epochs: have 2, config wants 3;"):
         steps.distill(tiny_config(tmp_path, "experts.epochs=3"))
     with pytest.raises(TgddError, match="distill.ipc=500 needs 2000 real images per class"):  # mix: f*f each
         steps.distill(tiny_config(tmp_path, "distill.ipc=500"))

@@ -54,25 +54,33 @@ def test_a_finished_matrix_plans_only_the_report(done):
 def test_changed_distill_setting_redoes_distillation_and_its_evaluations(done):
     plan = planned(done, "distill.iterations=5")
     assert plan == {
-        ("distill", "tgdd"): "distill.iterations: 4 -> 5",
+        ("distill", "tgdd"): "distill.iterations (resolved): 4 -> 5",
         ("evaluate", "tgdd"): "its synthetic set is (re)distilled",
-        ("distill", "random"): "distill.iterations: 4 -> 5",
+        ("distill", "random"): "distill.iterations (resolved): 4 -> 5",
         ("evaluate", "random"): "its synthetic set is (re)distilled",
         ("report", ""): "always",
     }
 
 
 def test_changed_evaluate_setting_redoes_evaluations_only(done):
+    why = (
+        "evaluate.protocol_settings.epochs (resolved): 2 -> 3, "
+        "evaluate.protocol_settings.milestone_epochs (resolved): [1] -> [2], "
+        "evaluate.protocol_settings.trained_epochs (resolved): 2 -> 3"
+    )
     assert planned(done, "evaluate.epochs=3") == {
-        ("evaluate", "tgdd"): "evaluate.epochs: 2 -> 3",
-        ("evaluate", "random"): "evaluate.epochs: 2 -> 3",
+        ("evaluate", "tgdd"): why,
+        ("evaluate", "random"): why,
         ("report", ""): "always",
     }
 
 
 def test_changed_expert_setting_retrains_and_redoes_only_methods_that_use_trajectories(done):
     assert planned(done, "experts.lr=0.02") == {
-        ("experts", ""): "experts.lr: 0.01 -> 0.02",
+        (
+            "experts",
+            "",
+        ): "trajectory 0: experts.lr (resolved): 0.01 -> 0.02; trajectory 1: experts.lr (resolved): 0.01 -> 0.02",
         ("distill", "tgdd"): "its expert trajectories are (re)trained",
         ("evaluate", "tgdd"): "its synthetic set is (re)distilled",
         ("report", ""): "always",
@@ -86,11 +94,11 @@ def test_changed_inputs_are_noticed_without_any_config_change(copy):
     # An evaluation written before evaluations recorded their settings.
     old = paths.evaluation_file(cell(copy, "tgdd"), "convnet-1-w16")
     result = json.loads(old.read_text())
-    del result["evaluate"]
+    del result["protocol_settings"]
     old.write_text(json.dumps(result))
     assert planned(copy) == {
         ("evaluate", "random"): "its synthetic set changed",
-        ("evaluate", "tgdd"): "written by an older tgdd, without its evaluate settings",
+        ("evaluate", "tgdd"): "written by an older tgdd, without its resolved protocol settings",
         ("report", ""): "always",
     }
 
@@ -111,10 +119,33 @@ def test_expert_training_recipe_is_part_of_the_trajectories_identity(copy):
     assert first.read_bytes() == before
     steps.experts(tiny_config(copy, *MATRIX, "experts.lr=0.02"))
     assert first.read_bytes() != before
-    with pytest.raises(TgddError, match=r"lr: have 0\.02, config wants 0\.01"):
+    with pytest.raises(TgddError, match=r"recipe\.lr: have 0\.02, config wants 0\.01"):
         steps.distill(cell(copy, "tgdd"))
 
 
 def test_changes_lists_each_differing_key():
     assert changes({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": None}, "s") == ["s.b: 2 -> 3", "s.c: (none) -> None"]
     assert changes({"a": [1, 2]}, {"a": [1, 2]}, "s") == []
+    assert changes({"t": {"alpha": 2.5}}, {"t": {"alpha": 1.0}}, "distill", " (resolved)") == [
+        "distill.t.alpha (resolved): 2.5 -> 1.0"
+    ]
+    assert changes({"checkpoint_every": 1}, {"checkpoint_every": 5}, "x") == []  # never changes a result
+
+
+def test_artifacts_of_the_old_semantics_are_stale(copy):
+    """A synthetic set recorded before the fidelity change (no augmentation semantics, the old `real`
+    start, the shared alpha) is redone, and says why."""
+    from tgdd.artifacts import torch_load, torch_save
+
+    synthetic = paths.synthetic_file(cell(copy, "tgdd"))
+    blob = torch_load(synthetic, "synthetic set")
+    settings = blob["meta"]["settings"]
+    old = {k: v for k, v in settings.items() if k not in ("augment_semantics", "image_update", "tgdd")}
+    blob["meta"]["settings"] = {**old, "init": "real", "alpha": 2.5, "expert_region": 7}
+    torch_save(synthetic, blob)
+    reason = planned(copy)[("distill", "tgdd")]
+    assert "distill.augment_semantics (resolved): (none) -> 'idc'" in reason
+    assert (
+        "distill.init (resolved): 'real' -> 'mix'" in reason
+        and "distill.tgdd.alpha (resolved): (none) -> 2.5" in reason
+    )

@@ -18,7 +18,7 @@ from .test_workflow import JOB_RULES, REPO, make_project, snakemake
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 PROFILES = ["--profile", "slurm", "--profile", "slurm-ci"]  # the cluster profile + this machine's overrides
-GPU_RULES = {"tgdd_experts", "tgdd_distill", "tgdd_evaluate"}
+GPU_RULES = {"tgdd_trajectory", "tgdd_distill", "tgdd_evaluate"}
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
 
 
@@ -66,8 +66,10 @@ def test_every_job_is_a_slurm_job(slurm_project):
     project, proc = slurm_project
     out = proc.stdout
     submitted = SUBMITTED.findall(out)
-    # 1 prepare + 1 experts + 2 distill + 2 evaluate + 1 report, and the failing distill job
-    assert len(submitted) == 8, out[-4000:]
+    # 1 prepare + 2 trajectories + 1 gather + 2 distill + 2 evaluate + 1 report, and the failing distill job
+    assert len(submitted) == 10, out[-4000:]
+    trajectory_jobs = [job for job, log in submitted if "/rule_tgdd_trajectory/" in log]
+    assert len(set(trajectory_jobs)) == 2  # each trajectory its own SLURM job (with its GPU, below)
     assert not re.search(r"^localrule tgdd_", out, flags=re.MULTILINE), "a tgdd step ran outside SLURM"
     rules = set()
     for job_id, log in submitted:

@@ -34,7 +34,7 @@ BIN = Path(sys.executable).parent
 # runs is the installed tgdd, i.e. this checkout).
 PROJECT_FILES = ["Snakefile", "workflow", "config", "dvc.yaml", ".dvcignore", ".gitignore", "slurm", "slurm-ci"]
 OUTPUT_DIRS = ["data/prepared", "results/experts", "results/synthetic", "results/eval", "results/tables"]
-JOB_RULES = ["tgdd_prepare", "tgdd_experts", "tgdd_distill", "tgdd_evaluate", "tgdd_report"]
+JOB_RULES = ["tgdd_prepare", "tgdd_trajectory", "tgdd_experts", "tgdd_distill", "tgdd_evaluate", "tgdd_report"]
 
 
 def tiny_tree(**changes) -> dict:
@@ -173,10 +173,11 @@ def test_main_job_is_the_quick_matrix_through_snakemake(tmp_path):
     out = snakemake("-n", "--cores", "2", cwd=project).stdout
     # Every job declares its GPU count: one for each step that trains networks, none otherwise.
     declared = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: .*\bgpu=(\d+)", out, flags=re.MULTILINE)
-    assert len(declared) == 33
+    assert len(declared) == 35
     assert {rule: int(gpus) for rule, gpus in declared} == {
         "tgdd_prepare": 0,
-        "tgdd_experts": 1,
+        "tgdd_trajectory": 1,
+        "tgdd_experts": 0,  # the gather
         "tgdd_distill": 1,
         "tgdd_evaluate": 1,
         "tgdd_report": 0,
@@ -185,6 +186,7 @@ def test_main_job_is_the_quick_matrix_through_snakemake(tmp_path):
     assert counts == {
         "all": 1,
         "tgdd_prepare": 1,
+        "tgdd_trajectory": 2,
         "tgdd_experts": 1,
         "tgdd_distill": 10,
         "tgdd_evaluate": 20,
@@ -211,7 +213,8 @@ def test_each_data_set_gets_its_per_dataset_matrix(tmp_path):
     out = snakemake("-n", "-p", "--cores", "2", cwd=project).stdout  # a dry run needs no MNIST files
     assert job_counts(out) == {
         "tgdd_prepare": 2,
-        "tgdd_experts": 2,  # digits x 2 seeds; mnist has no method that needs trajectories
+        "tgdd_trajectory": 4,  # digits x 2 seeds x 2 trajectories; mnist has no method that needs trajectories
+        "tgdd_experts": 2,  # the gathers
         "tgdd_distill": 2 * 2 + 2 * 2,  # digits: 2 seeds x 2 methods; mnist: 2 seeds x 2 IPCs
         "tgdd_evaluate": 4 * 1 + 4 * 2,
         "tgdd_report": 1,

@@ -148,7 +148,7 @@ def load_expert(cfg: Config, train: PreparedSplit, device: torch.device) -> nn.M
     if not manifest.get("complete") or not manifest.get("trajectories"):
         log.warning("class-overlap analysis skipped: the trajectories at %s are incomplete", out_dir)
         return None
-    if manifest.get("identity") != expected_identity(cfg, train):
+    if manifest.get("identity") != expected_identity(cfg, train.sha256):
         log.warning("class-overlap analysis skipped: the trajectories at %s do not match the config", out_dir)
         return None
     record = min(manifest["trajectories"], key=lambda r: r["index"])

@@ -3,7 +3,6 @@ test set, under a named protocol. Reports last-epoch accuracy (no selection on t
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from tgdd.artifacts import provenance, read_json, sha256_file, write_json
 from tgdd.config import Config, section_settings
 from tgdd.data.prepared import load_prepared
 from tgdd.errors import TgddError
+from tgdd.freshness import resolved_evaluation
 from tgdd.models import build_model
 from tgdd.protocols import PROTOCOLS, Protocol, TrainSettings, protocol_settings, subset_epochs  # noqa: F401  (re-exported)
 from tgdd.runtime import derive_seed, generator, numpy_rng, seeded_init
@@ -63,7 +63,7 @@ def evaluate_synthetic(cfg: Config, device: torch.device, progress: bool = True)
     syn_sha = sha256_file(syn_path)
     images, labels = syn.decoded()
     images, labels = images.to(device), labels.to(device)
-    settings = protocol_settings(cfg, images_per_class=len(images) // test.num_classes)
+    settings = protocol_settings(cfg, images_per_class=cfg.distill.ipc * syn.factor**2)  # = its record
     written = []
     for arch in cfg.evaluate.archs:
         seeds = [derive_seed(cfg.seed, "evaluate", arch, run) for run in range(cfg.evaluate.runs)]
@@ -91,11 +91,7 @@ def evaluate_synthetic(cfg: Config, device: torch.device, progress: bool = True)
             "arch": arch,
             "protocol": cfg.evaluate.protocol,
             "evaluate": section_settings(cfg, "evaluate", "archs"),
-            "protocol_settings": {
-                **asdict(settings),
-                "trained_epochs": settings.trained_epochs(),
-                "milestone_epochs": settings.milestone_epochs(),
-            },
+            "protocol_settings": resolved_evaluation(cfg, syn.factor)["protocol_settings"],
             "train_images": len(images),
             "runs": len(accuracies),
             "seeds": seeds,

@@ -1,8 +1,11 @@
 """Expert trajectories (SPEC §2): N networks trained on the real data, each kept as its
 initial weights plus one snapshot per epoch (E+1 snapshots).
 
-One file per trajectory plus a JSON manifest. Distillation loads every trajectory into
-memory once (:func:`load_trajectories`) and never re-reads snapshots per iteration.
+One file per trajectory, each carrying its identity (data, resolved recipe, index, seed), so any
+route (`tgdd experts`, one Snakemake job per trajectory, `tgdd pipeline`) recognises a finished
+one and never retrains it; a small gather step writes the JSON manifest from the files.
+Distillation loads every trajectory into memory once (:func:`load_trajectories`) and never
+re-reads snapshots per iteration.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tgdd.artifacts import provenance, read_checked, read_json, sha256_file, torch_load, torch_save, write_json
-from tgdd.checkpoint import Checkpointer, StopRequested, stop_on_signals
-from tgdd.config import Config, section_settings
+from tgdd.checkpoint import Checkpointer, stop_on_signals
+from tgdd.config import Config
 from tgdd.data.prepared import PreparedSplit
 from tgdd.errors import TgddError
 from tgdd.models import build_model
+from tgdd.protocols import expert_recipe, expert_settings
 from tgdd.runtime import derive_seed, generator, numpy_rng, seeded_init
-from tgdd.train import Resumable, TrainSettings, accuracy, train_classifier
+from tgdd.train import Resumable, accuracy, train_classifier
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -30,38 +34,58 @@ MANIFEST = "manifest.json"
 StateDict = dict[str, torch.Tensor]
 
 
-def expert_settings(cfg: Config) -> TrainSettings:
-    """The authors' pretrain.py recipe with the config's values: lr x0.2 after epochs 2E//3 and 5E//6."""
-    e = cfg.experts
-    return TrainSettings(
-        epochs=e.epochs,
-        batch_size=e.batch_size,
-        lr=e.lr,
-        momentum=e.momentum,
-        weight_decay=e.weight_decay,
-        schedule="idc",
-        gamma=0.2,
-        augment=e.augment,
-        augment_semantics=e.augment_semantics,
-        cutmix_prob=e.cutmix_prob,
-        cutmix_beta=e.cutmix_beta,
-    )
-
-
 def trajectory_file(out_dir: Path, index: int) -> Path:
-    return out_dir / f"trajectory_{index:02d}.pt"
+    return out_dir / trajectory_name(index)
+
+
+def trajectory_name(index: int) -> str:
+    return f"trajectory_{index:02d}.pt"
 
 
 def _snapshot(model: nn.Module) -> StateDict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def expected_identity(cfg: Config, train: PreparedSplit) -> dict:
-    """What a trajectory set must match to be used under ``cfg``: its data, and every experts
-    setting but how many trajectories and how often to checkpoint (a trajectory trained with
-    another learning rate is another trajectory, so `tgdd experts` retrains rather than keeps it)."""
-    recipe = section_settings(cfg, "experts", "num_trajectories", "checkpoint_every")
-    return {"dataset": cfg.dataset, "num_classes": train.num_classes, "train_sha256": train.sha256, **recipe}
+def expected_identity(cfg: Config, train_sha256: str) -> dict:
+    """What every trajectory of ``cfg`` must match to be used: its data and its resolved recipe
+    (:func:`tgdd.protocols.expert_recipe`; a trajectory trained with another learning rate or
+    schedule is another trajectory, so it is retrained rather than kept). Each trajectory adds its
+    index and seed."""
+    return {"dataset": cfg.dataset, "train_sha256": train_sha256, "recipe": expert_recipe(cfg)}
+
+
+def trajectory_identity(cfg: Config, train_sha256: str, index: int) -> dict:
+    return {**expected_identity(cfg, train_sha256), "index": index, "seed": cfg.seed}
+
+
+def prepared_train_sha256(cfg: Config) -> str:
+    """The training split's hash from its prepared manifest (checked against the file on load)."""
+    from tgdd import paths
+
+    manifest = paths.prepared_dir(cfg) / "manifest.json"
+    if not manifest.is_file():
+        raise TgddError(f"no prepared data for '{cfg.dataset}' at {manifest.parent}: run `tgdd prepare` first")
+    return read_json(manifest)["files"]["train.pt"]["sha256"]
+
+
+def trajectory_header(path: Path) -> dict | None:
+    """A trajectory file's identity and final accuracy, read without loading its snapshots (None:
+    missing, unreadable or written by an older tgdd)."""
+    if not path.is_file():
+        return None
+    try:
+        blob = torch_load(path, "trajectory file", mmap=True)
+    except TgddError:
+        return None
+    if not isinstance(blob, dict) or not isinstance(blob.get("identity"), dict):
+        return None
+    return {"identity": blob["identity"], "final_test_accuracy": blob.get("final_test_accuracy")}
+
+
+def finished(cfg: Config, path: Path, train_sha256: str, index: int) -> bool:
+    """Whether ``path`` holds trajectory ``index`` of ``cfg`` (its identity says so)."""
+    header = trajectory_header(path)
+    return header is not None and header["identity"] == trajectory_identity(cfg, train_sha256, index)
 
 
 def expert_training_set(cfg: Config, train: PreparedSplit) -> PreparedSplit:
@@ -116,59 +140,64 @@ def train_trajectory(
     return snapshots, accuracy(model, test.images, test.labels, test.mean, test.std)
 
 
-def train_experts(cfg: Config, out_dir: Path, train: PreparedSplit, test: PreparedSplit, device: torch.device) -> Path:
-    """Train every missing trajectory (finished ones are kept: a rerun resumes) and write the manifest."""
-    identity = expected_identity(cfg, train)
-    manifest_path = out_dir / MANIFEST
-    done: dict[str, dict] = {}
-    if manifest_path.is_file():
-        old = read_json(manifest_path)
-        if old.get("identity") == identity:
-            done = {t["file"]: t for t in old.get("trajectories", [])}
-    records = []
+def train_one(
+    cfg: Config, out_dir: Path, index: int, train: PreparedSplit, test: PreparedSplit, device: torch.device
+) -> Path:
+    """Trajectory ``index`` of ``cfg``: kept if finished, else trained (resuming its epoch
+    checkpoint) and written with its identity. Training reads nothing but the data: the
+    trajectories of one set can run as separate jobs, in any order, at once."""
+    path = trajectory_file(out_dir, index)
+    if finished(cfg, path, train.sha256, index):
+        log.info("expert %d: up to date (%s)", index, path)
+        return path
+    identity = trajectory_identity(cfg, train.sha256, index)
     with stop_on_signals() as stop:
-        for index in tqdm(range(cfg.experts.num_trajectories), desc="trajectories", leave=False):
-            path = trajectory_file(out_dir, index)
-            record = done.get(path.name)
-            if record and path.is_file() and sha256_file(path) == record["sha256"]:
-                records.append(record)
-                continue
-            records.append(_train_and_save(cfg, index, identity, path, train, test, device, stop))
-            write_json(manifest_path, _manifest(cfg, identity, records, device))  # progress survives a kill
-    write_json(manifest_path, _manifest(cfg, identity, records, device))
-    return manifest_path
-
-
-def _train_and_save(
-    cfg: Config,
-    index: int,
-    identity: dict,
-    path: Path,
-    train: PreparedSplit,
-    test: PreparedSplit,
-    device: torch.device,
-    stop: StopRequested,
-) -> dict:
-    """Train one trajectory (resuming its epoch checkpoint if any), save it, return its record."""
-    checkpoint = path.with_suffix(".ckpt.pt")
-    ckpt_identity = {**identity, "index": index, "seed": cfg.seed, "experts": cfg.experts.model_dump(mode="json")}
-    checkpointer = Checkpointer(checkpoint, cfg.experts.checkpoint_every, ckpt_identity, stop)
-    snapshots, test_acc = train_trajectory(cfg, index, train, test, device, checkpointer)
-    torch_save(path, {"identity": identity, "index": index, "snapshots": snapshots})
+        checkpointer = Checkpointer(path.with_suffix(".ckpt.pt"), cfg.experts.checkpoint_every, identity, stop)
+        snapshots, test_acc = train_trajectory(cfg, index, train, test, device, checkpointer)
+    torch_save(
+        path,
+        {
+            "identity": identity,
+            "index": index,
+            "final_test_accuracy": test_acc,
+            "snapshots": snapshots,
+            **provenance(str(device)),
+        },
+    )
     checkpointer.finish()
     log.info("expert %d: final test accuracy %.2f%%", index, 100 * test_acc)
-    return {"file": path.name, "sha256": sha256_file(path), "index": index, "final_test_accuracy": test_acc}
+    return path
 
 
-def _manifest(cfg: Config, identity: dict, records: list[dict], device: torch.device) -> dict:
-    return {
-        "identity": identity,
+def gather(cfg: Config, out_dir: Path) -> Path:
+    """Write the manifest of the ``experts.num_trajectories`` trajectories of ``cfg`` from their
+    files (each must be finished: its identity matches), with each file's SHA-256."""
+    train_sha256 = prepared_train_sha256(cfg)
+    records = []
+    for index in range(cfg.experts.num_trajectories):
+        path = trajectory_file(out_dir, index)
+        header = trajectory_header(path)
+        if header is None or header["identity"] != trajectory_identity(cfg, train_sha256, index):
+            why = "missing" if header is None else "trained under other settings or data"
+            raise TgddError(f"trajectory {path} is {why}: run `tgdd experts` (or `tgdd experts --index {index}`)")
+        record = {"file": path.name, "sha256": sha256_file(path), "index": index}
+        records.append({**record, "final_test_accuracy": header["final_test_accuracy"]})
+    manifest = {
+        "identity": expected_identity(cfg, train_sha256),
         "seed": cfg.seed,
         "experts": cfg.experts.model_dump(mode="json"),
-        "complete": len(records) == cfg.experts.num_trajectories,
+        "complete": True,
         "trajectories": records,
-        **provenance(str(device)),
+        **provenance("cpu"),
     }
+    return write_json(out_dir / MANIFEST, manifest)
+
+
+def train_experts(cfg: Config, out_dir: Path, train: PreparedSplit, test: PreparedSplit, device: torch.device) -> Path:
+    """Every trajectory of ``cfg`` (finished ones are kept, an interrupted one resumes), then the manifest."""
+    for index in tqdm(range(cfg.experts.num_trajectories), desc="trajectories", leave=False):
+        train_one(cfg, out_dir, index, train, test, device)
+    return gather(cfg, out_dir)
 
 
 @dataclass(frozen=True)
@@ -189,15 +218,17 @@ def load_trajectories(cfg: Config, out_dir: Path, train: PreparedSplit) -> Traje
     if not manifest_path.is_file():
         raise TgddError(f"no expert trajectories at {out_dir}: run `tgdd experts` first")
     manifest = read_json(manifest_path)
-    identity = expected_identity(cfg, train)
-    found = manifest.get("identity", {})
-    mismatched = [f"{k}: have {found.get(k)!r}, config wants {v!r}" for k, v in identity.items() if found.get(k) != v]
+    identity = expected_identity(cfg, train.sha256)
+    found = _flat(manifest.get("identity", {}))
+    mismatched = [
+        f"{k}: have {found.get(k)!r}, config wants {v!r}" for k, v in _flat(identity).items() if found.get(k) != v
+    ]
     if mismatched:
         raise TgddError(f"trajectories at {out_dir} do not match the config ({'; '.join(mismatched)})")
-    if not manifest.get("complete"):
+    if not manifest.get("complete") or len(manifest.get("trajectories", [])) < cfg.experts.num_trajectories:
         raise TgddError(f"trajectories at {out_dir} are incomplete: rerun `tgdd experts` to finish them")
     snapshots = []
-    for record in manifest["trajectories"]:
+    for record in manifest["trajectories"][: cfg.experts.num_trajectories]:
         path = out_dir / record["file"]
         if not path.is_file():
             raise TgddError(f"trajectory file {path} is missing: rerun `tgdd experts`")
@@ -212,3 +243,10 @@ def load_trajectories(cfg: Config, out_dir: Path, train: PreparedSplit) -> Traje
             )
         snapshots.append(blob["snapshots"])
     return Trajectories(snapshots, sha256_file(manifest_path))
+
+
+def _flat(identity: dict) -> dict:
+    """``{"recipe": {"lr": 0.01}}`` -> ``{"recipe.lr": 0.01}`` (mismatch messages name the key)."""
+    from tgdd.config import flatten
+
+    return flatten(identity)

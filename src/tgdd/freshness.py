@@ -1,12 +1,13 @@
-"""Why `tgdd pipeline` must (re)do an output: it is missing, or what made it differs from what the
-config asks for now.
+"""Why an output must be (re)done: it is missing, or the settings it was made with differ from the
+ones its step would run with now, or an input changed.
 
-The workflow gets this from Snakemake (each rule declares its config section as ``params``, and
-newer inputs trigger their consumers); the single-process pipeline gets it here, from the
-records every artifact carries: a synthetic set keeps the resolved config and the hashes of the
-data and trajectories it was distilled from; an evaluation keeps its ``evaluate`` settings and
-the hash of the synthetic set it trained on. Without this a rerun after a config change would
-silently keep results of the old settings.
+"Settings" are always the RESOLVED ones, never the config as written: ``null`` means "the
+method's (or protocol's) published default", so a default changed in the code changes what a step
+runs with exactly as an edited config does. One function per step computes them, torch-free
+(:func:`resolved_experts`, :func:`resolved_distill`, :func:`resolved_evaluation`); each artifact
+records them, `tgdd pipeline` compares the records here (:class:`Freshness`), and the Snakemake
+rules declare the same values as ``params`` (so Snakemake's params trigger reruns exactly the jobs
+they changed, and `dvc repro`, which runs the Snakemake targets, with it).
 """
 
 from __future__ import annotations
@@ -16,22 +17,68 @@ from typing import Any
 
 from tgdd import paths
 from tgdd.artifacts import read_json, sha256_file
-from tgdd.config import Config, section_settings
+from tgdd.config import Config, flatten, is_imported_method
 
 _ABSENT = object()
+
+# Keys that change how a step runs, not what it makes: never a reason to redo it.
+NOT_RESULT_KEYS = {"checkpoint_every"}
+
+
+def resolved_experts(cfg: Config) -> dict[str, Any]:
+    """What makes each trajectory of ``cfg``: its resolved recipe (not how many there are)."""
+    from tgdd.protocols import expert_recipe
+
+    return expert_recipe(cfg)
+
+
+def resolved_distill(cfg: Config) -> dict[str, Any] | None:
+    """The settings a distillation of ``cfg`` runs with (``meta["settings"]`` of its synthetic set,
+    less the keys in :data:`NOT_RESULT_KEYS`); None for an imported set, which is not distilled."""
+    if is_imported_method(cfg.distill.method):
+        return None
+    from tgdd.methods import resolve_settings
+
+    record = resolve_settings(cfg).record()
+    return {k: v for k, v in record.items() if k not in NOT_RESULT_KEYS}
+
+
+def resolved_evaluation(cfg: Config, factor: int | None = None) -> dict[str, Any]:
+    """What an evaluation of ``cfg`` trains with: the protocol's resolved settings (epochs by the
+    subsets' rule from the decoded images per class, IPC x f^2; ``factor``: the set's own, else the
+    method's resolved one) and the number of runs."""
+    from dataclasses import asdict
+
+    from tgdd.protocols import protocol_settings
+
+    if factor is None:
+        distill = resolved_distill(cfg)
+        factor = distill["factor"] if distill else 1
+    per_class = cfg.distill.ipc * factor**2
+    settings = protocol_settings(cfg, images_per_class=per_class)
+    protocol = {
+        **asdict(settings),
+        "trained_epochs": settings.trained_epochs(),
+        "milestone_epochs": settings.milestone_epochs(),
+    }
+    return {"runs": cfg.evaluate.runs, "protocol": cfg.evaluate.protocol, "protocol_settings": protocol}
 
 
 def _show(value: Any) -> str:
     return "(none)" if value is _ABSENT else repr(value)
 
 
-def changes(recorded: dict[str, Any], current: dict[str, Any], prefix: str) -> list[str]:
-    """``prefix.key: recorded -> current`` for every key whose value differs (or is on one side only)."""
+def changes(recorded: dict[str, Any], current: dict[str, Any], prefix: str, note: str = "") -> list[str]:
+    """``prefix.key{note}: recorded -> current`` for every (flattened) key whose value differs or is on
+    one side only."""
+    old_flat, new_flat = flatten(recorded), flatten(current)
     found = []
-    for key in sorted(recorded.keys() | current.keys()):
-        old, new = recorded.get(key, _ABSENT), current.get(key, _ABSENT)
+    for key in sorted(old_flat.keys() | new_flat.keys()):
+        if key.rsplit(".", 1)[-1] in NOT_RESULT_KEYS:
+            continue
+        old, new = old_flat.get(key, _ABSENT), new_flat.get(key, _ABSENT)
         if old != new:
-            found.append(f"{prefix}.{key}: {_show(old)} -> {_show(new)}")
+            found.append(f"{prefix}.{key}{note}: {_show(old)} -> {_show(new)}")
     return found
 
 
@@ -55,16 +102,44 @@ class Freshness:
             self._train_hashes[manifest] = entry.get("sha256")
         return self._train_hashes[manifest]
 
+    def trajectory(self, cell: Config, index: int) -> str | None:
+        """Why trajectory ``index`` of the cell must be (re)trained (None: it is finished)."""
+        from tgdd.experts import trajectory_file, trajectory_header, trajectory_identity
+
+        header = trajectory_header(trajectory_file(paths.experts_dir(cell), index))
+        if header is None:
+            return "missing"
+        train_sha256 = self._prepared_train_sha256(cell)
+        if train_sha256 is None:  # `tgdd experts` checks it against the data once prepared, keeping it if equal
+            return "its data is (re)prepared"
+        recorded = header["identity"]
+        wanted = trajectory_identity(cell, train_sha256, index)
+        if recorded.get("train_sha256") != wanted["train_sha256"]:
+            return "the prepared training data changed"
+        found = changes(recorded.get("recipe") or {}, wanted["recipe"], "experts", " (resolved)")
+        found += changes({k: v for k, v in recorded.items() if k not in ("recipe", "train_sha256")},
+                         {k: v for k, v in wanted.items() if k not in ("recipe", "train_sha256")}, "trajectory")  # fmt: skip
+        return ", ".join(found) or None
+
     def experts(self, cell: Config) -> str | None:
-        """Why the cell's expert trajectories must be (re)trained or finished. `tgdd experts`
-        itself keeps every trajectory that still matches (see :func:`tgdd.experts.train_experts`)."""
+        """Why the cell's expert trajectories must be (re)trained or gathered: which trajectories and
+        why, or the manifest. `tgdd experts` keeps every trajectory that is finished."""
+        reasons = {i: self.trajectory(cell, i) for i in range(cell.experts.num_trajectories)}
+        redo = [f"trajectory {i}: {why}" for i, why in reasons.items() if why]
+        if redo:
+            return "; ".join(redo)
         manifest = paths.experts_dir(cell) / "manifest.json"
         if not manifest.is_file():
-            return "missing"
+            return "manifest missing"
         recorded = read_json(manifest)
-        if not recorded.get("complete"):
-            return "incomplete"
-        return ", ".join(changes(recorded.get("experts") or {}, section_settings(cell, "experts"), "experts")) or None
+        count = len(recorded.get("trajectories") or [])
+        if not recorded.get("complete") or count != cell.experts.num_trajectories:
+            return f"experts.num_trajectories: {count} -> {cell.experts.num_trajectories}"
+        for record in recorded["trajectories"]:
+            path = manifest.parent / record["file"]
+            if self._sha256(path) != record.get("sha256"):
+                return f"{record['file']} changed since the manifest was written"
+        return None
 
     def distill(self, cell: Config, trajectories_redone: bool, uses_trajectories: bool) -> str | None:
         """Why the cell's synthetic set must be distilled (None: it is up to date)."""
@@ -74,8 +149,10 @@ class Freshness:
         from tgdd.synthetic import load_synthetic_meta  # torch: only once there is a set to read
 
         meta = load_synthetic_meta(path)
-        recorded = (meta.get("config") or {}).get("distill") or {}
-        found = changes(recorded, section_settings(cell, "distill"), "distill")
+        wanted = resolved_distill(cell)
+        if wanted is None:  # an imported set: nothing to redo
+            return None
+        found = changes(meta.get("settings") or {}, wanted, "distill", " (resolved)")
         if found:
             return ", ".join(found)
         inputs = meta.get("inputs") or {}
@@ -98,13 +175,18 @@ class Freshness:
         if synthetic_redone:
             return "its synthetic set is (re)distilled"
         result = read_json(path)
-        recorded = result.get("evaluate")
-        if recorded is None:
-            return "written by an older tgdd, without its evaluate settings"
-        found = changes(recorded, section_settings(cell, "evaluate", "archs"), "evaluate")
+        recorded = {k: result.get(k, _ABSENT) for k in ("runs", "protocol", "protocol_settings")}
+        if recorded["protocol_settings"] is _ABSENT:
+            return "written by an older tgdd, without its resolved protocol settings"
+        synthetic = paths.synthetic_file(cell)
+        factor = None
+        if synthetic.is_file():
+            from tgdd.synthetic import load_synthetic_meta
+
+            factor = load_synthetic_meta(synthetic).get("factor")
+        found = changes(recorded, resolved_evaluation(cell, factor), "evaluate", " (resolved)")
         if found:
             return ", ".join(found)
-        synthetic = paths.synthetic_file(cell)
         if synthetic.is_file() and result.get("synthetic_sha256") != self._sha256(synthetic):
             return "its synthetic set changed"
         return None

@@ -16,6 +16,11 @@ def experts_dir(cfg: Config) -> Path:
     return cfg.paths.results / "experts" / cfg.dataset / cfg.experts.arch / f"seed{cfg.seed}"
 
 
+def trajectory_file(cfg: Config, index: int) -> Path:
+    """Expert trajectory ``index`` of ``cfg`` (its own workflow job and file)."""
+    return experts_dir(cfg) / f"trajectory_{index:02d}.pt"
+
+
 def synthetic_dir(cfg: Config) -> Path:
     d = cfg.distill
     return cfg.paths.results / "synthetic" / cfg.dataset / d.method / f"ipc{d.ipc}" / f"seed{cfg.seed}"

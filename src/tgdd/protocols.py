@@ -8,7 +8,7 @@ names and resolve their settings without importing torch.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 from tgdd.dsa_strategy import without_flip
@@ -135,3 +135,35 @@ def protocol_settings(cfg: Config, images_per_class: int | None = None) -> Train
     if protocol.drops_flip and not spec.flip:
         settings = replace(settings, augment=without_flip(settings.augment))
     return settings
+
+
+def expert_settings(cfg: Config) -> TrainSettings:
+    """The authors' pretrain.py recipe with the config's values: lr x0.2 after epochs 2E//3 and 5E//6."""
+    e = cfg.experts
+    return TrainSettings(
+        epochs=e.epochs,
+        batch_size=e.batch_size,
+        lr=e.lr,
+        momentum=e.momentum,
+        weight_decay=e.weight_decay,
+        schedule="idc",
+        gamma=0.2,
+        augment=e.augment,
+        augment_semantics=e.augment_semantics,
+        cutmix_prob=e.cutmix_prob,
+        cutmix_beta=e.cutmix_beta,
+    )
+
+
+def expert_recipe(cfg: Config) -> dict:
+    """What makes a trajectory this config's, resolved (torch-free): its network, its training data
+    subset and every training setting as it runs. Not how many trajectories there are, nor how often
+    a run is checkpointed: neither changes a trajectory."""
+    settings = expert_settings(cfg)
+    return {
+        "arch": cfg.experts.arch,
+        "train_per_class": cfg.experts.train_per_class,
+        **asdict(settings),
+        "trained_epochs": settings.trained_epochs(),
+        "milestone_epochs": settings.milestone_epochs(),
+    }

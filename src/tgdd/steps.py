@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tgdd import paths
 from tgdd.config import Config
+from tgdd.errors import TgddError
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +32,23 @@ def prepare(cfg: Config) -> list[Path]:
     return [out / "train.pt", out / "test.pt", out / "manifest.json"]
 
 
-def experts(cfg: Config) -> list[Path]:
-    from tgdd.data.prepared import load_prepared
-    from tgdd.experts import train_experts
+def experts(cfg: Config, index: int | None = None, gather: bool = False) -> list[Path]:
+    """Every trajectory and the manifest; with ``index``, that one trajectory only (one workflow
+    job); with ``gather``, only the manifest, from the finished trajectory files."""
+    from tgdd.experts import gather as gather_manifest
 
+    if gather:
+        return [gather_manifest(cfg, paths.experts_dir(cfg))]
+    from tgdd.data.prepared import load_prepared
+    from tgdd.experts import train_experts, train_one
+
+    if index is not None and not 0 <= index < cfg.experts.num_trajectories:
+        raise TgddError(f"--index {index}: experts.num_trajectories is {cfg.experts.num_trajectories}")
     device = _device(cfg)
     train = load_prepared(paths.prepared_dir(cfg), "train", cfg.dataset)
     test = load_prepared(paths.prepared_dir(cfg), "test", cfg.dataset)
+    if index is not None:
+        return [train_one(cfg, paths.experts_dir(cfg), index, train, test, device)]
     return [train_experts(cfg, paths.experts_dir(cfg), train, test, device)]
 
 

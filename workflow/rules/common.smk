@@ -21,10 +21,12 @@ from snakemake.utils import validate
 
 from tgdd import paths
 from tgdd.config import load_config, section_settings
+from tgdd.freshness import resolved_distill, resolved_evaluation, resolved_experts
 from tgdd.data.registry import get_dataset
 from tgdd.errors import TgddError
 from tgdd.protocols import PROTOCOLS
 from tgdd.methods import METHODS
+from tgdd.plugins import plugin_modules
 
 # ---------------------------------------------------------------------------------------------
 # The config file.
@@ -47,8 +49,19 @@ if workflow.config_settings.config:
     )
 CONFIGFILE = str(workflow.overwrite_configfiles[-1] if workflow.overwrite_configfiles else DEFAULT_CONFIGFILE)
 
-# Structural check against the schema generated from tgdd.config.Config ...
-validate(yaml.safe_load(Path(CONFIGFILE).read_text()) or {}, "../schemas/config.schema.json")
+# Structural check against the schema generated from tgdd.config.Config (the committed one; with
+# TGDD_PLUGINS, whose methods add settings sections, the live one, written next to Snakemake's state) ...
+SCHEMA = "../schemas/config.schema.json"
+if plugin_modules():
+    from tgdd.config import Config
+
+    live_schema = Path(".snakemake") / "tgdd-config.schema.json"
+    live_schema.parent.mkdir(exist_ok=True)
+    live_schema.write_text(
+        json.dumps({"$schema": "https://json-schema.org/draft/2020-12/schema", **Config.model_json_schema()})
+    )
+    SCHEMA = str(live_schema.resolve())
+validate(yaml.safe_load(Path(CONFIGFILE).read_text()) or {}, SCHEMA)
 
 
 # ... and the full check (names of data sets, models, methods; per_dataset) by tgdd itself.
@@ -137,6 +150,7 @@ wildcard_constraints:
     ipc=r"\d+",
     protocol=_alternatives(PROTOCOLS.names()),
     arch=_alternatives(a for d in DATASETS for a in dataset_config(d).evaluate.archs),
+    index=r"\d\d",
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +185,7 @@ _P = BASE.model_copy(
 )
 PREPARED_DIR = str(paths.prepared_dir(_P))
 EXPERTS_DIR = str(paths.experts_dir(_P))
+TRAJECTORY = f"{EXPERTS_DIR}/trajectory_{{index}}.pt"
 SYNTHETIC_DIR = str(paths.synthetic_dir(_P))
 SYNTHETIC = str(paths.synthetic_file(_P))
 EVALUATION = str(paths.evaluation_file(_P, "{arch}"))
@@ -192,6 +207,28 @@ def _checked(pattern, actual, **wildcards):
 
 def prepared_manifest(cfg):
     return _checked(f"{PREPARED_DIR}/manifest.json", paths.prepared_dir(cfg) / "manifest.json", dataset=cfg.dataset)
+
+
+def trajectory_files(cfg):
+    """Every trajectory of a (data set, arch, seed): one job each."""
+    return [
+        _checked(
+            TRAJECTORY,
+            paths.trajectory_file(cfg, i),
+            dataset=cfg.dataset,
+            seed=cfg.seed,
+            experts_arch=cfg.experts.arch,
+            index=f"{i:02d}",
+        )
+        for i in range(cfg.experts.num_trajectories)
+    ]
+
+
+def gather_inputs(wildcards):
+    return {
+        "prepared": prepared_manifest(job_config(wildcards)),
+        "trajectories": trajectory_files(job_config(wildcards)),
+    }
 
 
 def experts_manifest(cfg):
@@ -296,8 +333,21 @@ def report_targets():
 # records in the artifacts (tgdd.freshness).
 # ---------------------------------------------------------------------------------------------
 def section(name, *drop):
+    """A config section as written (for sections without method- or code-dependent defaults: data)."""
+
     def value(wildcards):
         return json.dumps(section_settings(job_config(wildcards), name, *drop), sort_keys=True)
+
+    return value
+
+
+def resolved(step):
+    """The settings the step of a job runs with, RESOLVED (null = the method's or protocol's
+    default, from the code): a default changed in the code reruns the jobs it affects."""
+    compute = {"experts": resolved_experts, "distill": resolved_distill, "evaluate": resolved_evaluation}[step]
+
+    def value(wildcards):
+        return json.dumps(compute(job_config(wildcards)), sort_keys=True)
 
     return value
 
@@ -325,9 +375,9 @@ RUNTIME_FACTOR = {  # relative to digits; the 128 px ImageNet subsets and unknow
     "tinyimagenet": 24,
 }
 DEFAULT_RUNTIME_FACTOR = 16
-BASE_RUNTIME_MIN = {"prepare": 10, "experts": 60, "distill": 60, "evaluate": 30, "report": 10}
-BASE_MEM_MB = {"prepare": 2000, "experts": 4000, "distill": 4000, "evaluate": 4000, "report": 1000}
-GPUS = {"prepare": 0, "experts": 1, "distill": 1, "evaluate": 1, "report": 0}
+BASE_RUNTIME_MIN = {"prepare": 10, "experts": 60, "gather": 10, "distill": 60, "evaluate": 30, "report": 10}
+BASE_MEM_MB = {"prepare": 2000, "experts": 4000, "gather": 1000, "distill": 4000, "evaluate": 4000, "report": 1000}
+GPUS = {"prepare": 0, "experts": 1, "gather": 0, "distill": 1, "evaluate": 1, "report": 0}
 
 
 def runtime_factor(dataset):

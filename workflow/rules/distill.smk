@@ -29,6 +29,6 @@ rule tgdd_distill:
         tgdd=TGDD,
         config=TGDD_CONFIG,
         overrides=shell_overrides,
-        distill=section("distill", "method", "ipc"),
+        distill=resolved("distill"),
     shell:
         "{params.tgdd:q} distill --config {params.config:q} {params.overrides} threads={threads} > {log} 2>&1"

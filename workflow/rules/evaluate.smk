@@ -23,6 +23,6 @@ rule tgdd_evaluate:
         tgdd=TGDD,
         config=TGDD_CONFIG,
         overrides=shell_overrides,
-        evaluate=section("evaluate", "archs", "protocol"),
+        evaluate=resolved("evaluate"),
     shell:
         "{params.tgdd:q} evaluate --config {params.config:q} {params.overrides} threads={threads} > {log} 2>&1"

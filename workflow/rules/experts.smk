@@ -1,17 +1,21 @@
 # Expert trajectories: shared by every method that needs them (tgdd.methods: needs_trajectories),
-# so one job per (data set, seed), whatever the methods and IPCs; the distill jobs of the other
-# methods do not wait for them (distill_inputs in common.smk).
+# whatever the methods and IPCs; the distill jobs of the other methods do not wait for them
+# (distill_inputs in common.smk). One job per trajectory, each its own output file, GPU request,
+# log and benchmark: the N trajectories of a (data set, arch, seed) run at once on N GPUs, and a
+# rerun (after a failure, a time-limit kill or a change) never touches a finished trajectory whose
+# resolved recipe is unchanged; an interrupted one resumes from its epoch checkpoint (not a
+# declared output, so Snakemake keeps it). A small gather job writes the manifest.
 
 
-rule tgdd_experts:
+rule tgdd_trajectory:
     input:
         f"{PREPARED_DIR}/manifest.json",
     output:
-        manifest=f"{EXPERTS_DIR}/manifest.json",
+        trajectory=TRAJECTORY,
     log:
-        "logs/tgdd_experts/{dataset}/{experts_arch}/seed{seed}.log",
+        "logs/tgdd_trajectory/{dataset}/{experts_arch}/seed{seed}/trajectory_{index}.log",
     benchmark:
-        "logs/benchmarks/tgdd_experts/{dataset}/{experts_arch}/seed{seed}.tsv"
+        "logs/benchmarks/tgdd_trajectory/{dataset}/{experts_arch}/seed{seed}/trajectory_{index}.tsv"
     conda:
         "../envs/tgdd.yaml"
     threads: threads_for
@@ -23,6 +27,30 @@ rule tgdd_experts:
         tgdd=TGDD,
         config=TGDD_CONFIG,
         overrides=shell_overrides,
-        experts=section("experts"),
+        recipe=resolved("experts"),
     shell:
-        "{params.tgdd:q} experts --config {params.config:q} {params.overrides} threads={threads} > {log} 2>&1"
+        "{params.tgdd:q} experts --config {params.config:q} {params.overrides} threads={threads} "
+        "--index {wildcards.index} > {log} 2>&1"
+
+
+rule tgdd_experts:
+    input:
+        unpack(gather_inputs),
+    output:
+        manifest=f"{EXPERTS_DIR}/manifest.json",
+    log:
+        "logs/tgdd_experts/{dataset}/{experts_arch}/seed{seed}.log",
+    conda:
+        "../envs/tgdd.yaml"
+    threads: 1
+    resources:
+        gpu=GPUS["gather"],
+        mem_mb=BASE_MEM_MB["gather"],
+        runtime=BASE_RUNTIME_MIN["gather"],
+    params:
+        tgdd=TGDD,
+        config=TGDD_CONFIG,
+        overrides=shell_overrides,
+        recipe=resolved("experts"),
+    shell:
+        "{params.tgdd:q} experts --config {params.config:q} {params.overrides} --gather > {log} 2>&1"

@@ -474,3 +474,8 @@ def resolve_settings(cfg: Config, spec: DatasetSpec | None = None) -> DistillSet
         raise TgddError(f"method '{cfg.distill.method}' has no default for {missing}; set them in the config")
     mechanisms = {"image_update": card.image_update, "image_space": card.image_space, "real_batches": card.real_batches}
     return DistillSettings(**chosen, **mechanisms, own=own)
+
+
+from tgdd.plugins import load_plugins  # noqa: E402  (plugins register into the registries above)
+
+load_plugins()

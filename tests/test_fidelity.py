@@ -346,3 +346,24 @@ def test_decode_pads_a_ragged_edge_with_one_half():
     last = F.interpolate(F.pad(x, (0, 1, 0, 1), value=0.5)[:, :, 3:6, 3:6], size=(5, 5), mode="bilinear")
     assert torch.allclose(out[3:4], last) and out[3].max() > 0.2
     assert torch.equal(out[0], torch.zeros(1, 5, 5))
+
+
+def test_mtt_expert_recipe_is_its_buffer_py():
+    """A second recipe, its own section: SGD 0.01, no momentum or weight decay, constant lr, batch
+    256, DSA one group per batch with MTT's align_corners, no CutMix, 50 epochs x 100 experts."""
+    from tgdd.config import build_config
+    from tgdd.paths import experts_dir
+    from tgdd.protocols import expert_recipe, expert_settings, num_trajectories
+
+    cfg = build_config({})
+    mtt = expert_settings(cfg, "mtt")
+    assert (mtt.lr, mtt.momentum, mtt.weight_decay, mtt.batch_size, mtt.epochs) == (0.01, 0.0, 0.0, 256, 50)
+    assert mtt.milestone_epochs() == [] and mtt.cutmix_prob == 0.0 and mtt.augment_semantics == "mtt"
+    assert DiffAugment(mtt.augment, mtt.augment_semantics).params.align_corners
+    assert not DiffAugment(mtt.augment, "dsa").params.align_corners
+    assert num_trajectories(cfg, "mtt") == 100 and num_trajectories(cfg) == 5
+    assert expert_recipe(cfg, "mtt")["recipe"] == "mtt" and "recipe" not in expert_recipe(cfg)
+    assert experts_dir(cfg, "mtt") != experts_dir(cfg) and experts_dir(cfg).parts[-3] == "tgdd"
+    changed = build_config({}, ["experts.mtt.lr=0.02"])
+    assert expert_recipe(changed) == expert_recipe(cfg)  # the other recipe's trajectories stay valid
+    assert expert_recipe(changed, "mtt") != expert_recipe(cfg, "mtt")

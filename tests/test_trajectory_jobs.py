@@ -21,7 +21,7 @@ from .test_workflow import BIN, env, job_counts, make_project, snakemake, tiny_t
 
 pytestmark = pytest.mark.slow
 
-EXPERTS = "results/experts/digits/convnet-1-w16/seed0"
+EXPERTS = "results/experts/digits/tgdd/convnet-1-w16/seed0"
 SYNTHETIC = "results/synthetic/digits/tgdd/ipc1/seed0/synthetic.pt"
 
 
@@ -121,7 +121,9 @@ def test_killed_trajectory_resumes_and_finished_ones_stay_untouched(uninterrupte
     assert job_counts(rerun)["tgdd_trajectory"] == 1  # only the interrupted one
     after = trajectories(project)
     assert {k: after[k] for k in finished} == finished  # same hash, same mtime
-    log = (project / f"logs/tgdd_trajectory/digits/convnet-1-w16/seed0/{killed.replace('.pt', '.log')}").read_text()
+    log = (
+        project / f"logs/tgdd_trajectory/digits/tgdd/convnet-1-w16/seed0/{killed.replace('.pt', '.log')}"
+    ).read_text()
     assert "resuming from checkpoint" in log
     # ... and the result is the uninterrupted run's, bit for bit.
     for name in after:

@@ -43,6 +43,7 @@ class DSAParams:
     saturation: float = 2.0
     contrast: float = 0.5
     flip_prob: float = 0.5
+    align_corners: bool = False  # of affine_grid/grid_sample in scale and rotate (MTT's code: True)
 
 
 Draw = Callable[[int, int, torch.Generator, DSAParams, torch.device], torch.Tensor]
@@ -67,25 +68,26 @@ def _contrast(x: torch.Tensor, r: torch.Tensor, p: DSAParams) -> torch.Tensor:
     return (x - mean) * (r.view(-1, 1, 1, 1) + p.contrast) + mean
 
 
-def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Both code bases call ``affine_grid``/``grid_sample`` with torch's defaults: since torch 1.3
-    that is ``align_corners=False`` (and bilinear sampling with zero padding)."""
-    grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, align_corners=False)
+def _affine(x: torch.Tensor, theta: torch.Tensor, align_corners: bool) -> torch.Tensor:
+    """``affine_grid``/``grid_sample`` (bilinear, zero padding). DC/DSA/DM and IDC/DANCE/TGDD call
+    them with torch's default, since torch 1.3 ``align_corners=False``; MTT's copy of DSA passes
+    ``align_corners=True``."""
+    grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=align_corners)
+    return F.grid_sample(x, grid, align_corners=align_corners)
 
 
 def _scale(x: torch.Tensor, r: torch.Tensor, p: DSAParams) -> torch.Tensor:
     s = r * (p.scale - 1.0 / p.scale) + 1.0 / p.scale  # [n, 2]: sx, sy
     zeros = torch.zeros_like(s[:, 0])
     theta = torch.stack([torch.stack([s[:, 0], zeros, zeros], 1), torch.stack([zeros, s[:, 1], zeros], 1)], 1)
-    return _affine(x, theta.to(x.dtype))
+    return _affine(x, theta.to(x.dtype), p.align_corners)
 
 
 def _rotate(x: torch.Tensor, r: torch.Tensor, p: DSAParams) -> torch.Tensor:
     angle = (r[:, 0] - 0.5) * 2 * p.rotate / 180 * math.pi
     cos, sin, zeros = torch.cos(angle), torch.sin(angle), torch.zeros_like(angle)
     theta = torch.stack([torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1)
-    return _affine(x, theta.to(x.dtype))
+    return _affine(x, theta.to(x.dtype), p.align_corners)
 
 
 def _flip(x: torch.Tensor, r: torch.Tensor, p: DSAParams) -> torch.Tensor:
@@ -182,7 +184,10 @@ GROUP_CHOICE: dict[str, Callable[[list[str], torch.Generator], list[str]]] = {
     "dsa": _one_group,
     "idc": _idc_groups,
     "dsa-all": lambda groups, _gen: list(groups),
+    "mtt": _one_group,
 }
+# The semantics whose code base samples scale and rotate with align_corners=True.
+ALIGN_CORNERS = {"mtt"}
 assert set(GROUP_CHOICE) == set(SEMANTICS)
 
 
@@ -194,11 +199,13 @@ class DiffAugment:
 
     strategy: str
     semantics: str = "dsa"
-    params: DSAParams = DSAParams()
+    params: DSAParams | None = None  # None: the DSA ranges, with the semantics' align_corners
 
     def __post_init__(self) -> None:
         check_semantics(self.semantics)
         check_strategy(self.strategy)
+        if self.params is None:
+            object.__setattr__(self, "params", DSAParams(align_corners=self.semantics in ALIGN_CORNERS))
 
     @property
     def enabled(self) -> bool:

@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
             one = p.add_mutually_exclusive_group()
             one.add_argument("--index", type=int, default=None, help="train only trajectory INDEX (one workflow job)")
             one.add_argument("--gather", action="store_true", help="only write the manifest from finished trajectories")
+            p.add_argument("--recipe", default=None, help="tgdd or mtt (default: distill.method's, else tgdd)")
     _interchange_parsers(sub)
     show = sub.add_parser("config", help="print the resolved configuration as YAML")
     show.add_argument("--config", type=Path, default=None)
@@ -143,7 +144,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     kwargs = {"dry_run": True} if getattr(args, "dry_run", False) else {}
     if args.step == "experts":
-        kwargs = {"index": args.index, "gather": args.gather}
+        kwargs = {"index": args.index, "gather": args.gather, "recipe": args.recipe}
     written = _interchange(args, cfg) if args.step in INTERCHANGE else getattr(steps, args.step)(cfg, **kwargs)
     for path in written:
         print(f"wrote {path}")

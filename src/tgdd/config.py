@@ -28,7 +28,7 @@ from pydantic import (
 from tgdd.errors import TgddError
 from tgdd.registry import suggestion
 
-Semantics = Literal["dsa", "idc", "dsa-all"]  # tgdd.dsa_strategy.SEMANTICS (tested equal)
+Semantics = Literal["dsa", "idc", "dsa-all", "mtt"]  # tgdd.dsa_strategy.SEMANTICS (tested equal)
 
 
 # ``distill.method`` of a synthetic set made by another code base and converted by `tgdd
@@ -64,6 +64,19 @@ class DataConfig(_Strict):
     allow_download: bool = Field(False, description="let torchvision download a data set that is missing")
 
 
+class MTTExpertsConfig(_Strict):
+    """The expert buffers of MTT (its buffer.py): a second recipe, trained by the same step."""
+
+    num_trajectories: int = Field(100, ge=1, description="MTT's experts per data set (num_experts)")
+    epochs: int = Field(50, ge=1, description="epochs per expert (train_epochs); E+1 snapshots are kept")
+    batch_size: int = Field(256, ge=1, description="expert training batch (batch_train)")
+    lr: float = Field(0.01, gt=0, description="constant SGD learning rate (lr_teacher)")
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum (mom: 0)")
+    weight_decay: float = Field(0.0, ge=0, description="SGD weight decay (l2: 0)")
+    augment: str = Field("color_crop_cutout_flip_scale_rotate", description="DSA strategy per sample")
+    augment_semantics: Semantics = Field("mtt", description="mtt: DSA's one group per batch, align_corners=True")
+
+
 class ExpertsConfig(_Strict):
     arch: str = Field("convnet-3", description="network of the trajectories (also TGDD's feature extractor)")
     num_trajectories: int = Field(5, ge=1, description="N trajectories (SPEC §2)")
@@ -81,6 +94,11 @@ class ExpertsConfig(_Strict):
     checkpoint_every: int = Field(1, ge=0, description="epochs between resumable checkpoints (0: never)")
     train_per_class: int | None = Field(
         None, ge=1, description="train experts on this many images per class (seeded; null: all) for CPU budgets"
+    )
+    mtt: MTTExpertsConfig = Field(
+        MTTExpertsConfig(),
+        description="MTT's expert recipe (its own lr, no momentum, its epochs); arch, "
+        "train_per_class and checkpoint_every are shared",
     )
 
 

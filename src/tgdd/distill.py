@@ -46,8 +46,9 @@ def run_distillation(
     method = load_method(settings.method)
     inputs = {"train_sha256": train.sha256}
     trajectories = None
-    if METHODS.get(settings.method).needs_trajectories:
-        trajectories = load_trajectories(cfg, paths.experts_dir(cfg), train)
+    card = METHODS.get(settings.method)
+    if card.needs_trajectories:
+        trajectories = load_trajectories(cfg, paths.experts_dir(cfg, card.expert_recipe), train, card.expert_recipe)
         inputs["trajectories_manifest_sha256"] = trajectories.manifest_sha256
     identity = {"settings": settings.record(), "inputs": inputs, "seed": cfg.seed, "dataset": cfg.dataset}
     checkpointer = Checkpointer(paths.synthetic_dir(cfg) / "checkpoint.pt", settings.checkpoint_every, identity)
@@ -78,6 +79,7 @@ def run_distillation(
         "settings": settings.record(),
         "config": config_dict(cfg),
         "inputs": inputs,
+        **({"extra": output.extra} if output.extra else {}),  # what the method learned besides images
         **provenance(str(device)),
     }
     out_dir = paths.synthetic_dir(cfg)

@@ -35,6 +35,7 @@ SEMANTICS: dict[str, str] = {
     "dsa": "DC/DSA/DM: one group of the strategy per call, drawn uniformly",
     "idc": "IDC/DANCE/TGDD: flip, color, one of the geometric groups, cutout (those named), every call",
     "dsa-all": "DSA's 'M' mode: every group of the strategy in order",
+    "mtt": "MTT's copy of DSA: one group per call, scale and rotate sampled with align_corners=True",
 }
 
 

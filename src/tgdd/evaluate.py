@@ -39,7 +39,9 @@ def check_inputs(cfg: Config, meta: dict, syn_path: Path) -> None:
             f"synthetic set {syn_path} was distilled from other training data than {paths.prepared_dir(cfg)}: redistill it"
         )
     recorded = inputs.get("trajectories_manifest_sha256")
-    experts_manifest = paths.experts_dir(cfg) / "manifest.json"
+    from tgdd.methods import METHODS
+
+    experts_manifest = paths.experts_dir(cfg, METHODS.get(cfg.distill.method).expert_recipe) / "manifest.json"
     if recorded is not None and experts_manifest.is_file() and sha256_file(experts_manifest) != recorded:
         raise TgddError(
             f"synthetic set {syn_path} was distilled from other trajectories than {experts_manifest.parent}: redistill it"

@@ -24,7 +24,7 @@ from tgdd.config import Config
 from tgdd.data.prepared import PreparedSplit
 from tgdd.errors import TgddError
 from tgdd.models import build_model
-from tgdd.protocols import expert_recipe, expert_settings
+from tgdd.protocols import EXPERT_RECIPES, expert_recipe, expert_settings, num_trajectories
 from tgdd.runtime import derive_seed, generator, numpy_rng, seeded_init
 from tgdd.train import Resumable, accuracy, train_classifier
 
@@ -46,16 +46,16 @@ def _snapshot(model: nn.Module) -> StateDict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def expected_identity(cfg: Config, train_sha256: str) -> dict:
+def expected_identity(cfg: Config, train_sha256: str, recipe: str = "tgdd") -> dict:
     """What every trajectory of ``cfg`` must match to be used: its data and its resolved recipe
     (:func:`tgdd.protocols.expert_recipe`; a trajectory trained with another learning rate or
     schedule is another trajectory, so it is retrained rather than kept). Each trajectory adds its
     index and seed."""
-    return {"dataset": cfg.dataset, "train_sha256": train_sha256, "recipe": expert_recipe(cfg)}
+    return {"dataset": cfg.dataset, "train_sha256": train_sha256, "recipe": expert_recipe(cfg, recipe)}
 
 
-def trajectory_identity(cfg: Config, train_sha256: str, index: int) -> dict:
-    return {**expected_identity(cfg, train_sha256), "index": index, "seed": cfg.seed}
+def trajectory_identity(cfg: Config, train_sha256: str, index: int, recipe: str = "tgdd") -> dict:
+    return {**expected_identity(cfg, train_sha256, recipe), "index": index, "seed": cfg.seed}
 
 
 def prepared_train_sha256(cfg: Config) -> str:
@@ -82,10 +82,10 @@ def trajectory_header(path: Path) -> dict | None:
     return {"identity": blob["identity"], "final_test_accuracy": blob.get("final_test_accuracy")}
 
 
-def finished(cfg: Config, path: Path, train_sha256: str, index: int) -> bool:
+def finished(cfg: Config, path: Path, train_sha256: str, index: int, recipe: str = "tgdd") -> bool:
     """Whether ``path`` holds trajectory ``index`` of ``cfg`` (its identity says so)."""
     header = trajectory_header(path)
-    return header is not None and header["identity"] == trajectory_identity(cfg, train_sha256, index)
+    return header is not None and header["identity"] == trajectory_identity(cfg, train_sha256, index, recipe)
 
 
 def expert_training_set(cfg: Config, train: PreparedSplit) -> PreparedSplit:
@@ -109,10 +109,13 @@ def train_trajectory(
     test: PreparedSplit,
     device: torch.device,
     checkpointer: Checkpointer | None = None,
+    recipe: str = "tgdd",
 ) -> tuple[list[StateDict], float]:
-    """Train expert ``index`` and return its E+1 snapshots and final test accuracy."""
+    """Train expert ``index`` of ``recipe`` and return its E+1 snapshots and final test accuracy."""
     channels, size = train.images.shape[1], train.images.shape[2]
-    with seeded_init(derive_seed(cfg.seed, "expert-init", index)):
+    prefix = EXPERT_RECIPES.get(recipe).stream
+    stream = (lambda name: f"{prefix}-{name}") if prefix else (lambda name: name)
+    with seeded_init(derive_seed(cfg.seed, stream("expert-init"), index)):
         model = build_model(cfg.experts.arch, channels, size, train.num_classes).to(device)
     snapshots = [_snapshot(model)]
     train = expert_training_set(cfg, train)
@@ -128,32 +131,38 @@ def train_trajectory(
         model,
         images,
         train.labels.to(device),
-        expert_settings(cfg),
+        expert_settings(cfg, recipe),
         train.mean,
         train.std,
-        gen=generator(cfg.seed, "expert-train", index, device=device),
-        rng=numpy_rng(cfg.seed, "expert-cutmix", index),
+        gen=generator(cfg.seed, stream("expert-train"), index, device=device),
+        rng=numpy_rng(cfg.seed, stream("expert-cutmix"), index),
         on_epoch_end=lambda _epoch, m: snapshots.append(_snapshot(m)),
-        progress=f"expert {index + 1}/{cfg.experts.num_trajectories}",
+        progress=f"{recipe} expert {index + 1}/{num_trajectories(cfg, recipe)}",
         resumable=resumable,
     )
     return snapshots, accuracy(model, test.images, test.labels, test.mean, test.std)
 
 
 def train_one(
-    cfg: Config, out_dir: Path, index: int, train: PreparedSplit, test: PreparedSplit, device: torch.device
+    cfg: Config,
+    out_dir: Path,
+    index: int,
+    train: PreparedSplit,
+    test: PreparedSplit,
+    device: torch.device,
+    recipe: str = "tgdd",
 ) -> Path:
     """Trajectory ``index`` of ``cfg``: kept if finished, else trained (resuming its epoch
     checkpoint) and written with its identity. Training reads nothing but the data: the
     trajectories of one set can run as separate jobs, in any order, at once."""
     path = trajectory_file(out_dir, index)
-    if finished(cfg, path, train.sha256, index):
+    if finished(cfg, path, train.sha256, index, recipe):
         log.info("expert %d: up to date (%s)", index, path)
         return path
-    identity = trajectory_identity(cfg, train.sha256, index)
+    identity = trajectory_identity(cfg, train.sha256, index, recipe)
     with stop_on_signals() as stop:
         checkpointer = Checkpointer(path.with_suffix(".ckpt.pt"), cfg.experts.checkpoint_every, identity, stop)
-        snapshots, test_acc = train_trajectory(cfg, index, train, test, device, checkpointer)
+        snapshots, test_acc = train_trajectory(cfg, index, train, test, device, checkpointer, recipe)
     torch_save(
         path,
         {
@@ -169,21 +178,23 @@ def train_one(
     return path
 
 
-def gather(cfg: Config, out_dir: Path) -> Path:
-    """Write the manifest of the ``experts.num_trajectories`` trajectories of ``cfg`` from their
-    files (each must be finished: its identity matches), with each file's SHA-256."""
+def gather(cfg: Config, out_dir: Path, recipe: str = "tgdd") -> Path:
+    """Write the manifest of the trajectories of ``recipe`` under ``cfg`` from their files (each
+    must be finished: its identity matches), with each file's SHA-256."""
     train_sha256 = prepared_train_sha256(cfg)
     records = []
-    for index in range(cfg.experts.num_trajectories):
+    for index in range(num_trajectories(cfg, recipe)):
         path = trajectory_file(out_dir, index)
         header = trajectory_header(path)
-        if header is None or header["identity"] != trajectory_identity(cfg, train_sha256, index):
+        if header is None or header["identity"] != trajectory_identity(cfg, train_sha256, index, recipe):
             why = "missing" if header is None else "trained under other settings or data"
-            raise TgddError(f"trajectory {path} is {why}: run `tgdd experts` (or `tgdd experts --index {index}`)")
+            again = f"tgdd experts --recipe {recipe} --index {index}"
+            raise TgddError(f"trajectory {path} is {why}: run `tgdd experts --recipe {recipe}` (or `{again}`)")
         record = {"file": path.name, "sha256": sha256_file(path), "index": index}
         records.append({**record, "final_test_accuracy": header["final_test_accuracy"]})
     manifest = {
-        "identity": expected_identity(cfg, train_sha256),
+        "identity": expected_identity(cfg, train_sha256, recipe),
+        "recipe": recipe,
         "seed": cfg.seed,
         "experts": cfg.experts.model_dump(mode="json"),
         "complete": True,
@@ -193,11 +204,13 @@ def gather(cfg: Config, out_dir: Path) -> Path:
     return write_json(out_dir / MANIFEST, manifest)
 
 
-def train_experts(cfg: Config, out_dir: Path, train: PreparedSplit, test: PreparedSplit, device: torch.device) -> Path:
-    """Every trajectory of ``cfg`` (finished ones are kept, an interrupted one resumes), then the manifest."""
-    for index in tqdm(range(cfg.experts.num_trajectories), desc="trajectories", leave=False):
-        train_one(cfg, out_dir, index, train, test, device)
-    return gather(cfg, out_dir)
+def train_experts(
+    cfg: Config, out_dir: Path, train: PreparedSplit, test: PreparedSplit, device: torch.device, recipe: str = "tgdd"
+) -> Path:
+    """Every trajectory of ``recipe`` (finished ones are kept, an interrupted one resumes), then the manifest."""
+    for index in tqdm(range(num_trajectories(cfg, recipe)), desc=f"{recipe} trajectories", leave=False):
+        train_one(cfg, out_dir, index, train, test, device, recipe)
+    return gather(cfg, out_dir, recipe)
 
 
 @dataclass(frozen=True)
@@ -212,23 +225,25 @@ class Trajectories:
         return len(self.snapshots[0]) - 1
 
 
-def load_trajectories(cfg: Config, out_dir: Path, train: PreparedSplit) -> Trajectories:
-    """Load and verify the trajectories that ``cfg`` asks for (dataset, arch, epochs, data hash)."""
+def load_trajectories(cfg: Config, out_dir: Path, train: PreparedSplit, recipe: str = "tgdd") -> Trajectories:
+    """Load and verify the trajectories of ``recipe`` that ``cfg`` asks for (data, resolved recipe)."""
     manifest_path = out_dir / MANIFEST
     if not manifest_path.is_file():
         raise TgddError(f"no expert trajectories at {out_dir}: run `tgdd experts` first")
     manifest = read_json(manifest_path)
-    identity = expected_identity(cfg, train.sha256)
+    identity = expected_identity(cfg, train.sha256, recipe)
     found = _flat(manifest.get("identity", {}))
     mismatched = [
         f"{k}: have {found.get(k)!r}, config wants {v!r}" for k, v in _flat(identity).items() if found.get(k) != v
     ]
     if mismatched:
         raise TgddError(f"trajectories at {out_dir} do not match the config ({'; '.join(mismatched)})")
-    if not manifest.get("complete") or len(manifest.get("trajectories", [])) < cfg.experts.num_trajectories:
+    count = num_trajectories(cfg, recipe)
+    if not manifest.get("complete") or len(manifest.get("trajectories", [])) < count:
         raise TgddError(f"trajectories at {out_dir} are incomplete: rerun `tgdd experts` to finish them")
     snapshots = []
-    for record in manifest["trajectories"][: cfg.experts.num_trajectories]:
+    epochs = expert_settings(cfg, recipe).trained_epochs()
+    for record in manifest["trajectories"][:count]:
         path = out_dir / record["file"]
         if not path.is_file():
             raise TgddError(f"trajectory file {path} is missing: rerun `tgdd experts`")
@@ -237,10 +252,8 @@ def load_trajectories(cfg: Config, out_dir: Path, train: PreparedSplit) -> Traje
         except TgddError as exc:
             raise TgddError(f"{exc}: rerun `tgdd experts`") from None
         blob = torch_load(path, "trajectory file", data)
-        if len(blob["snapshots"]) != cfg.experts.epochs + 1:
-            raise TgddError(
-                f"trajectory file {path} has {len(blob['snapshots'])} snapshots, expected {cfg.experts.epochs + 1}"
-            )
+        if len(blob["snapshots"]) != epochs + 1:
+            raise TgddError(f"trajectory file {path} has {len(blob['snapshots'])} snapshots, expected {epochs + 1}")
         snapshots.append(blob["snapshots"])
     return Trajectories(snapshots, sha256_file(manifest_path))
 

@@ -25,11 +25,11 @@ _ABSENT = object()
 NOT_RESULT_KEYS = {"checkpoint_every"}
 
 
-def resolved_experts(cfg: Config) -> dict[str, Any]:
-    """What makes each trajectory of ``cfg``: its resolved recipe (not how many there are)."""
+def resolved_experts(cfg: Config, recipe: str = "tgdd") -> dict[str, Any]:
+    """What makes each trajectory of ``recipe`` under ``cfg``: its resolved recipe (not how many there are)."""
     from tgdd.protocols import expert_recipe
 
-    return expert_recipe(cfg)
+    return expert_recipe(cfg, recipe)
 
 
 def resolved_distill(cfg: Config) -> dict[str, Any] | None:
@@ -102,18 +102,18 @@ class Freshness:
             self._train_hashes[manifest] = entry.get("sha256")
         return self._train_hashes[manifest]
 
-    def trajectory(self, cell: Config, index: int) -> str | None:
-        """Why trajectory ``index`` of the cell must be (re)trained (None: it is finished)."""
+    def trajectory(self, cell: Config, index: int, recipe: str = "tgdd") -> str | None:
+        """Why trajectory ``index`` of ``recipe`` must be (re)trained (None: it is finished)."""
         from tgdd.experts import trajectory_file, trajectory_header, trajectory_identity
 
-        header = trajectory_header(trajectory_file(paths.experts_dir(cell), index))
+        header = trajectory_header(trajectory_file(paths.experts_dir(cell, recipe), index))
         if header is None:
             return "missing"
         train_sha256 = self._prepared_train_sha256(cell)
         if train_sha256 is None:  # `tgdd experts` checks it against the data once prepared, keeping it if equal
             return "its data is (re)prepared"
         recorded = header["identity"]
-        wanted = trajectory_identity(cell, train_sha256, index)
+        wanted = trajectory_identity(cell, train_sha256, index, recipe)
         if recorded.get("train_sha256") != wanted["train_sha256"]:
             return "the prepared training data changed"
         found = changes(recorded.get("recipe") or {}, wanted["recipe"], "experts", " (resolved)")
@@ -121,27 +121,32 @@ class Freshness:
                          {k: v for k, v in wanted.items() if k not in ("recipe", "train_sha256")}, "trajectory")  # fmt: skip
         return ", ".join(found) or None
 
-    def experts(self, cell: Config) -> str | None:
-        """Why the cell's expert trajectories must be (re)trained or gathered: which trajectories and
-        why, or the manifest. `tgdd experts` keeps every trajectory that is finished."""
-        reasons = {i: self.trajectory(cell, i) for i in range(cell.experts.num_trajectories)}
+    def experts(self, cell: Config, recipe: str = "tgdd") -> str | None:
+        """Why the cell's expert trajectories of ``recipe`` must be (re)trained or gathered: which
+        trajectories and why, or the manifest. `tgdd experts` keeps every trajectory that is finished."""
+        from tgdd.protocols import num_trajectories
+
+        wanted = num_trajectories(cell, recipe)
+        reasons = {i: self.trajectory(cell, i, recipe) for i in range(wanted)}
         redo = [f"trajectory {i}: {why}" for i, why in reasons.items() if why]
         if redo:
             return "; ".join(redo)
-        manifest = paths.experts_dir(cell) / "manifest.json"
+        manifest = paths.experts_dir(cell, recipe) / "manifest.json"
         if not manifest.is_file():
             return "manifest missing"
         recorded = read_json(manifest)
         count = len(recorded.get("trajectories") or [])
-        if not recorded.get("complete") or count != cell.experts.num_trajectories:
-            return f"experts.num_trajectories: {count} -> {cell.experts.num_trajectories}"
+        if not recorded.get("complete") or count != wanted:
+            return f"num_trajectories ({recipe}): {count} -> {wanted}"
         for record in recorded["trajectories"]:
             path = manifest.parent / record["file"]
             if self._sha256(path) != record.get("sha256"):
                 return f"{record['file']} changed since the manifest was written"
         return None
 
-    def distill(self, cell: Config, trajectories_redone: bool, uses_trajectories: bool) -> str | None:
+    def distill(
+        self, cell: Config, trajectories_redone: bool, uses_trajectories: bool, recipe: str = "tgdd"
+    ) -> str | None:
         """Why the cell's synthetic set must be distilled (None: it is up to date)."""
         path = paths.synthetic_file(cell)
         if not path.is_file():
@@ -162,7 +167,7 @@ class Freshness:
         if uses_trajectories:
             if trajectories_redone:
                 return "its expert trajectories are (re)trained"
-            manifest = paths.experts_dir(cell) / "manifest.json"
+            manifest = paths.experts_dir(cell, recipe) / "manifest.json"
             if manifest.is_file() and inputs.get("trajectories_manifest_sha256") != self._sha256(manifest):
                 return "its expert trajectories changed"
         return None

@@ -12,13 +12,14 @@ def prepared_dir(cfg: Config, dataset: str | None = None) -> Path:
     return cfg.paths.data / "prepared" / (dataset or cfg.dataset)
 
 
-def experts_dir(cfg: Config) -> Path:
-    return cfg.paths.results / "experts" / cfg.dataset / cfg.experts.arch / f"seed{cfg.seed}"
+def experts_dir(cfg: Config, recipe: str = "tgdd") -> Path:
+    """The trajectories of one recipe (tgdd.protocols.EXPERT_RECIPES) for a data set, arch and seed."""
+    return cfg.paths.results / "experts" / cfg.dataset / recipe / cfg.experts.arch / f"seed{cfg.seed}"
 
 
-def trajectory_file(cfg: Config, index: int) -> Path:
+def trajectory_file(cfg: Config, index: int, recipe: str = "tgdd") -> Path:
     """Expert trajectory ``index`` of ``cfg`` (its own workflow job and file)."""
-    return experts_dir(cfg) / f"trajectory_{index:02d}.pt"
+    return experts_dir(cfg, recipe) / f"trajectory_{index:02d}.pt"
 
 
 def synthetic_dir(cfg: Config) -> Path:

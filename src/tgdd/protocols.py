@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tgdd.dsa_strategy import without_flip
 from tgdd.registry import Registry
@@ -35,6 +35,15 @@ SCHEDULES.add(
         "IDC/DANCE/TGDD train.py and pretrain.py: E epochs, MultiStepLR at epochs 2E//3 and 5E//6",
         trained_epochs=lambda e: e,
         milestones=lambda e: tuple(sorted({2 * e // 3, 5 * e // 6})),
+        reset_momentum=False,
+    ),
+)
+SCHEDULES.add(
+    "constant",
+    Schedule(
+        "MTT buffer.py: E epochs at one learning rate",
+        trained_epochs=lambda e: e,
+        milestones=lambda e: (),
         reset_momentum=False,
     ),
 )
@@ -137,30 +146,68 @@ def protocol_settings(cfg: Config, images_per_class: int | None = None) -> Train
     return settings
 
 
-def expert_settings(cfg: Config) -> TrainSettings:
-    """The authors' pretrain.py recipe with the config's values: lr x0.2 after epochs 2E//3 and 5E//6."""
+@dataclass(frozen=True)
+class ExpertRecipe:
+    """A code base's recipe for expert trajectories, read from its config section."""
+
+    description: str
+    section: Callable[[Config], Any]  # the config section holding its keys
+    settings: Callable[[Config], TrainSettings]
+    stream: str  # prefix of its random streams ('' for the first recipe, whose streams predate recipes)
+
+
+def _tgdd_settings(cfg: Config) -> TrainSettings:
     e = cfg.experts
-    return TrainSettings(
-        epochs=e.epochs,
-        batch_size=e.batch_size,
-        lr=e.lr,
-        momentum=e.momentum,
-        weight_decay=e.weight_decay,
-        schedule="idc",
-        gamma=0.2,
-        augment=e.augment,
-        augment_semantics=e.augment_semantics,
-        cutmix_prob=e.cutmix_prob,
-        cutmix_beta=e.cutmix_beta,
-    )
+    return TrainSettings(e.epochs, e.batch_size, e.lr, e.momentum, e.weight_decay, "idc", 0.2, e.augment,
+                         e.augment_semantics, e.cutmix_prob, e.cutmix_beta)  # fmt: skip
 
 
-def expert_recipe(cfg: Config) -> dict:
-    """What makes a trajectory this config's, resolved (torch-free): its network, its training data
-    subset and every training setting as it runs. Not how many trajectories there are, nor how often
-    a run is checkpointed: neither changes a trajectory."""
-    settings = expert_settings(cfg)
+def _mtt_settings(cfg: Config) -> TrainSettings:
+    m = cfg.experts.mtt
+    return TrainSettings(m.epochs, m.batch_size, m.lr, m.momentum, m.weight_decay, "constant", 1.0, m.augment,
+                         m.augment_semantics, 0.0)  # fmt: skip
+
+
+EXPERT_RECIPES: Registry[ExpertRecipe] = Registry("expert recipe")
+EXPERT_RECIPES.add(
+    "tgdd",
+    ExpertRecipe(
+        "IDC/DANCE/TGDD pretrain.py: SGD 0.01 m0.9 wd5e-4, batch 64, lr x0.2 after 2E//3 and 5E//6, color_crop "
+        "(IDC semantics) + CutMix p0.5 (section experts)",
+        lambda cfg: cfg.experts,
+        _tgdd_settings,
+        "",
+    ),
+)
+EXPERT_RECIPES.add(
+    "mtt",
+    ExpertRecipe(
+        "MTT buffer.py: SGD 0.01, no momentum, no weight decay, constant lr, batch 256, DSA one group per batch "
+        "(MTT's align_corners), no CutMix, 50 epochs (section experts.mtt)",
+        lambda cfg: cfg.experts.mtt,
+        _mtt_settings,
+        "mtt",
+    ),
+)
+
+
+def expert_settings(cfg: Config, recipe: str = "tgdd") -> TrainSettings:
+    """The training settings of ``recipe``'s trajectories under ``cfg``."""
+    return EXPERT_RECIPES.get(recipe).settings(cfg)
+
+
+def num_trajectories(cfg: Config, recipe: str = "tgdd") -> int:
+    return EXPERT_RECIPES.get(recipe).section(cfg).num_trajectories
+
+
+def expert_recipe(cfg: Config, recipe: str = "tgdd") -> dict:
+    """What makes a trajectory this config's, resolved (torch-free): its recipe, network, training
+    data subset and every training setting as it runs. Not how many trajectories there are, nor how
+    often a run is checkpointed: neither changes a trajectory."""
+    settings = expert_settings(cfg, recipe)
+    named = {} if recipe == "tgdd" else {"recipe": recipe}  # (the first recipe's records predate recipes)
     return {
+        **named,
         "arch": cfg.experts.arch,
         "train_per_class": cfg.experts.train_per_class,
         **asdict(settings),

@@ -32,24 +32,41 @@ def prepare(cfg: Config) -> list[Path]:
     return [out / "train.pt", out / "test.pt", out / "manifest.json"]
 
 
-def experts(cfg: Config, index: int | None = None, gather: bool = False) -> list[Path]:
-    """Every trajectory and the manifest; with ``index``, that one trajectory only (one workflow
-    job); with ``gather``, only the manifest, from the finished trajectory files."""
-    from tgdd.experts import gather as gather_manifest
+def experts_recipe(cfg: Config) -> str:
+    """The trajectories `tgdd experts` trains by default: those of ``distill.method`` (its card's
+    recipe), else TGDD's."""
+    from tgdd.config import is_imported_method
+    from tgdd.methods import METHODS
 
+    method = cfg.distill.method
+    if is_imported_method(method) or not METHODS.get(method).needs_trajectories:
+        return "tgdd"
+    return METHODS.get(method).expert_recipe
+
+
+def experts(cfg: Config, index: int | None = None, gather: bool = False, recipe: str | None = None) -> list[Path]:
+    """Every trajectory of a recipe and its manifest; with ``index``, that one trajectory only (one
+    workflow job); with ``gather``, only the manifest, from the finished trajectory files."""
+    from tgdd.experts import gather as gather_manifest
+    from tgdd.protocols import EXPERT_RECIPES, num_trajectories
+
+    recipe = recipe or experts_recipe(cfg)
+    EXPERT_RECIPES.get(recipe)
+    out_dir = paths.experts_dir(cfg, recipe)
     if gather:
-        return [gather_manifest(cfg, paths.experts_dir(cfg))]
+        return [gather_manifest(cfg, out_dir, recipe)]
     from tgdd.data.prepared import load_prepared
     from tgdd.experts import train_experts, train_one
 
-    if index is not None and not 0 <= index < cfg.experts.num_trajectories:
-        raise TgddError(f"--index {index}: experts.num_trajectories is {cfg.experts.num_trajectories}")
+    count = num_trajectories(cfg, recipe)
+    if index is not None and not 0 <= index < count:
+        raise TgddError(f"--index {index}: the {recipe} recipe has {count} trajectories")
     device = _device(cfg)
     train = load_prepared(paths.prepared_dir(cfg), "train", cfg.dataset)
     test = load_prepared(paths.prepared_dir(cfg), "test", cfg.dataset)
     if index is not None:
-        return [train_one(cfg, paths.experts_dir(cfg), index, train, test, device)]
-    return [train_experts(cfg, paths.experts_dir(cfg), train, test, device)]
+        return [train_one(cfg, out_dir, index, train, test, device, recipe)]
+    return [train_experts(cfg, out_dir, train, test, device, recipe)]
 
 
 def _logs_steps(cfg: Config) -> bool:
@@ -156,17 +173,19 @@ def plan(cfg: Config) -> list[tuple[str, Config, str]]:
             steps_to_run.append(("prepare", dataset_cfg, "missing"))
     experts_cells = {}
     for c in cells:
-        if METHODS.get(c.distill.method).needs_trajectories:
-            experts_cells.setdefault(paths.experts_dir(c), c)
+        card = METHODS.get(c.distill.method)
+        if card.needs_trajectories:
+            experts_cells.setdefault(paths.experts_dir(c, card.expert_recipe), (c, card.expert_recipe))
     retrained = set()
-    for expert_dir, c in experts_cells.items():
-        reason = fresh.experts(c)
+    for expert_dir, (c, recipe) in experts_cells.items():
+        reason = fresh.experts(c, recipe)
         if reason:
-            steps_to_run.append(("experts", c, reason))
+            steps_to_run.append(("experts", c.with_overrides(f"distill.method={c.distill.method}"), reason))
             retrained.add(expert_dir)
     for cell in cells:
-        uses_trajectories = METHODS.get(cell.distill.method).needs_trajectories
-        reason = fresh.distill(cell, paths.experts_dir(cell) in retrained, uses_trajectories)
+        card = METHODS.get(cell.distill.method)
+        redone = paths.experts_dir(cell, card.expert_recipe) in retrained
+        reason = fresh.distill(cell, redone, card.needs_trajectories, card.expert_recipe)
         if reason:
             steps_to_run.append(("distill", cell, reason))
         reasons = {a: fresh.evaluation(cell, a, synthetic_redone=reason is not None) for a in cell.evaluate.archs}
@@ -183,7 +202,7 @@ def describe(step: str, cfg: Config) -> str:
     if step in ("prepare", "report"):
         return f"{step} {cfg.dataset}" if step == "prepare" else step
     if step == "experts":
-        return f"experts {cfg.dataset} {cfg.experts.arch} seed{cfg.seed}"
+        return f"experts {cfg.dataset} {experts_recipe(cfg)} {cfg.experts.arch} seed{cfg.seed}"
     archs = f" on {', '.join(cfg.evaluate.archs)}" if step == "evaluate" else ""
     return f"{step} {cfg.dataset} {d.method} ipc{d.ipc} seed{cfg.seed}{archs}"
 

@@ -24,7 +24,7 @@ from tgdd.config import load_config, section_settings
 from tgdd.freshness import resolved_distill, resolved_evaluation, resolved_experts
 from tgdd.data.registry import get_dataset
 from tgdd.errors import TgddError
-from tgdd.protocols import PROTOCOLS
+from tgdd.protocols import EXPERT_RECIPES, PROTOCOLS, num_trajectories
 from tgdd.methods import METHODS
 from tgdd.plugins import plugin_modules
 
@@ -138,6 +138,10 @@ def needs_trajectories(method):
     return METHODS.get(method).needs_trajectories
 
 
+def recipe_of(method):
+    return METHODS.get(method).expert_recipe
+
+
 def _alternatives(names):
     return "|".join(sorted({re.escape(str(n)) for n in names}))
 
@@ -151,6 +155,7 @@ wildcard_constraints:
     protocol=_alternatives(PROTOCOLS.names()),
     arch=_alternatives(a for d in DATASETS for a in dataset_config(d).evaluate.archs),
     index=r"\d\d",
+    recipe=_alternatives(EXPERT_RECIPES.names()),
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,7 +189,7 @@ _P = BASE.model_copy(
     }
 )
 PREPARED_DIR = str(paths.prepared_dir(_P))
-EXPERTS_DIR = str(paths.experts_dir(_P))
+EXPERTS_DIR = str(paths.experts_dir(_P, "{recipe}"))
 TRAJECTORY = f"{EXPERTS_DIR}/trajectory_{{index}}.pt"
 SYNTHETIC_DIR = str(paths.synthetic_dir(_P))
 SYNTHETIC = str(paths.synthetic_file(_P))
@@ -209,35 +214,37 @@ def prepared_manifest(cfg):
     return _checked(f"{PREPARED_DIR}/manifest.json", paths.prepared_dir(cfg) / "manifest.json", dataset=cfg.dataset)
 
 
-def trajectory_files(cfg):
-    """Every trajectory of a (data set, arch, seed): one job each."""
+def trajectory_files(cfg, recipe):
+    """Every trajectory of a recipe for a (data set, arch, seed): one job each."""
     return [
         _checked(
             TRAJECTORY,
-            paths.trajectory_file(cfg, i),
+            paths.trajectory_file(cfg, i, recipe),
             dataset=cfg.dataset,
             seed=cfg.seed,
             experts_arch=cfg.experts.arch,
+            recipe=recipe,
             index=f"{i:02d}",
         )
-        for i in range(cfg.experts.num_trajectories)
+        for i in range(num_trajectories(cfg, recipe))
     ]
 
 
 def gather_inputs(wildcards):
     return {
         "prepared": prepared_manifest(job_config(wildcards)),
-        "trajectories": trajectory_files(job_config(wildcards)),
+        "trajectories": trajectory_files(job_config(wildcards), wildcards.recipe),
     }
 
 
-def experts_manifest(cfg):
+def experts_manifest(cfg, recipe):
     return _checked(
         f"{EXPERTS_DIR}/manifest.json",
-        paths.experts_dir(cfg) / "manifest.json",
+        paths.experts_dir(cfg, recipe) / "manifest.json",
         dataset=cfg.dataset,
         seed=cfg.seed,
         experts_arch=cfg.experts.arch,
+        recipe=recipe,
     )
 
 
@@ -268,7 +275,7 @@ def distill_inputs(wildcards):
     cfg = job_config(wildcards)
     inputs = {"prepared": prepared_manifest(cfg)}
     if needs_trajectories(cfg.distill.method):
-        inputs["experts"] = experts_manifest(cfg)
+        inputs["experts"] = experts_manifest(cfg, recipe_of(cfg.distill.method))
     return inputs
 
 
@@ -284,7 +291,9 @@ def prepared_targets():
 
 def expert_targets():
     return list(
-        dict.fromkeys(experts_manifest(cell(dataset=d, seed=s)) for d, s, m, _ in CELLS if needs_trajectories(m))
+        dict.fromkeys(
+            experts_manifest(cell(dataset=d, seed=s), recipe_of(m)) for d, s, m, _ in CELLS if needs_trajectories(m)
+        )
     )
 
 
@@ -344,10 +353,14 @@ def section(name, *drop):
 def resolved(step):
     """The settings the step of a job runs with, RESOLVED (null = the method's or protocol's
     default, from the code): a default changed in the code reruns the jobs it affects."""
-    compute = {"experts": resolved_experts, "distill": resolved_distill, "evaluate": resolved_evaluation}[step]
+    compute = {
+        "experts": lambda cfg, wildcards: resolved_experts(cfg, wildcards.recipe),
+        "distill": lambda cfg, _: resolved_distill(cfg),
+        "evaluate": lambda cfg, _: resolved_evaluation(cfg),
+    }[step]
 
     def value(wildcards):
-        return json.dumps(compute(job_config(wildcards)), sort_keys=True)
+        return json.dumps(compute(job_config(wildcards), wildcards), sort_keys=True)
 
     return value
 

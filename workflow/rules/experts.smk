@@ -1,5 +1,6 @@
-# Expert trajectories: shared by every method that needs them (tgdd.methods: needs_trajectories),
-# whatever the methods and IPCs; the distill jobs of the other methods do not wait for them
+# Expert trajectories, per recipe (tgdd.protocols.EXPERT_RECIPES: TGDD's for TGDD, DANCE and
+# herding, MTT's for MTT): shared by every method that needs them (tgdd.methods: needs_trajectories,
+# expert_recipe), whatever the methods and IPCs; the distill jobs of the other methods do not wait for them
 # (distill_inputs in common.smk). One job per trajectory, each its own output file, GPU request,
 # log and benchmark: the N trajectories of a (data set, arch, seed) run at once on N GPUs, and a
 # rerun (after a failure, a time-limit kill or a change) never touches a finished trajectory whose
@@ -13,9 +14,9 @@ rule tgdd_trajectory:
     output:
         trajectory=TRAJECTORY,
     log:
-        "logs/tgdd_trajectory/{dataset}/{experts_arch}/seed{seed}/trajectory_{index}.log",
+        "logs/tgdd_trajectory/{dataset}/{recipe}/{experts_arch}/seed{seed}/trajectory_{index}.log",
     benchmark:
-        "logs/benchmarks/tgdd_trajectory/{dataset}/{experts_arch}/seed{seed}/trajectory_{index}.tsv"
+        "logs/benchmarks/tgdd_trajectory/{dataset}/{recipe}/{experts_arch}/seed{seed}/trajectory_{index}.tsv"
     conda:
         "../envs/tgdd.yaml"
     threads: threads_for
@@ -30,7 +31,7 @@ rule tgdd_trajectory:
         recipe=resolved("experts"),
     shell:
         "{params.tgdd:q} experts --config {params.config:q} {params.overrides} threads={threads} "
-        "--index {wildcards.index} > {log} 2>&1"
+        "--recipe {wildcards.recipe} --index {wildcards.index} > {log} 2>&1"
 
 
 rule tgdd_experts:
@@ -39,7 +40,7 @@ rule tgdd_experts:
     output:
         manifest=f"{EXPERTS_DIR}/manifest.json",
     log:
-        "logs/tgdd_experts/{dataset}/{experts_arch}/seed{seed}.log",
+        "logs/tgdd_experts/{dataset}/{recipe}/{experts_arch}/seed{seed}.log",
     conda:
         "../envs/tgdd.yaml"
     threads: 1
@@ -53,4 +54,4 @@ rule tgdd_experts:
         overrides=shell_overrides,
         recipe=resolved("experts"),
     shell:
-        "{params.tgdd:q} experts --config {params.config:q} {params.overrides} --gather > {log} 2>&1"
+        "{params.tgdd:q} experts --config {params.config:q} {params.overrides} --recipe {wildcards.recipe} --gather > {log} 2>&1"

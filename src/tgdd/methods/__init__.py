@@ -117,6 +117,8 @@ class DistillContext:
 class DistillOutput:
     images: torch.Tensor  # stored images, floats in [0,1], class-major
     records: list[dict[str, float]] = field(default_factory=list)  # loss curve rows
+    # what else a method learned, stored as the synthetic set's meta["extra"] (MTT: its learned syn_lr)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Method(Protocol):
@@ -151,6 +153,7 @@ class MethodCard:
     defaults: Defaults  # (ipc, data set) -> published values of the shared keys a config leaves null
     settings: type[MethodSettings] = MethodSettings  # its own section, distill.<name>
     terms: tuple[str, ...] = ("loss",)  # the loss terms each record of losses.csv carries, by name
+    expert_recipe: str = "tgdd"  # which trajectories, if it needs them (a key of tgdd.protocols.EXPERT_RECIPES)
     image_update: str = "per-class"  # a key of IMAGE_UPDATES
     image_space: str = "pixels"  # a key of IMAGE_SPACES
     real_batches: str = "epochs"  # a key of tgdd.data.prepared.REAL_BATCHES ('epochs' or 'fresh')

@@ -139,3 +139,19 @@ def test_gpu_check_counts_flops_and_refuses_without_cuda(monkeypatch, capsys):
     if not gpu_check.torch.cuda.is_available():
         monkeypatch.setattr(sys, "argv", ["gpu_check.py"])
         assert gpu_check.main() == 1 and "no CUDA device" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_mtt_memory_quick_run_measures_a_peak_that_grows_with_the_steps(tmp_path):
+    """benchmarks/mtt_memory.py --quick: the real MTT loop in a subprocess per case, peak memory and time."""
+    script = SCRIPT.with_name("mtt_memory.py")
+    command = [sys.executable, str(script), "--quick", "--out", str(tmp_path), "--threads", "1", "--device", "cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with (tmp_path / "mtt_memory_cpu_quick.csv").open() as handle:
+        rows = {r["name"]: r for r in csv.DictReader(handle)}
+    two, six = rows["quick-w16-steps2"], rows["quick-w16-steps6"]
+    assert (int(two["syn_steps"]), int(six["syn_steps"])) == (2, 6)
+    assert 0 < float(two["peak_mib"]) < float(six["peak_mib"])  # the unroll's graph grows with the steps
+    assert float(two["seconds_per_iteration"]) > 0
+    assert "Linear in syn_steps x batch_syn" in (tmp_path / "mtt_memory_cpu_quick.md").read_text()

@@ -22,7 +22,7 @@ from speed import distill_work, traced, training_work
 from tgdd.config import load_config
 from tgdd.data.registry import get_dataset
 from tgdd.evaluate import protocol_settings
-from tgdd.experts import expert_settings
+from tgdd.experts import expert_settings, num_trajectories
 from tgdd.methods import METHODS, resolve_settings
 from tgdd.steps import matrix_configs
 
@@ -58,22 +58,65 @@ def training_flops(arch: str, dataset: str, images: int, batch: int, epochs: int
     return epochs * sum(w.flops for w in training_work(forward, batches))
 
 
+def _matching(features, forward, real: int, syn: int, classes: int) -> float:
+    """Per iteration, every class: real images through the features, synthetic ones through the
+    features and (if ``forward``) a classifier pass, with input gradients."""
+    return sum(w.flops for w in distill_work(features, forward, real, syn, classes, batched=True))
+
+
+def _syn(settings) -> int:
+    return min(settings.ipc * settings.factor**2, settings.max_syn_per_class)
+
+
+def _tgdd(cell, settings, spec) -> float:
+    features, forward, _ = calls(cell.experts.arch, cell.dataset)
+    return _matching(features, forward, settings.real_batch, _syn(settings), spec.num_classes)
+
+
+def _dm(cell, settings, spec) -> float:
+    features, _, _ = calls(cell.experts.arch, cell.dataset)
+    return _matching(features, [], settings.real_batch, _syn(settings), spec.num_classes)
+
+
+def _dance(cell, settings, spec) -> float:
+    """DM's matching under the interpolated encoder, then the calibration passes under the expert."""
+    _, forward, _ = calls(cell.experts.arch, cell.dataset)
+    calibration = _matching([], forward, 0, _syn(settings), spec.num_classes)
+    return _dm(cell, settings, spec) + settings.own["calib_passes"] * calibration
+
+
+def _idm(cell, settings, spec) -> float:
+    """Matching (features plus the CE head) on all 4*IPC expanded images under each matching
+    network, then model_train_steps SGD steps of net_batch real images for each fetched network."""
+    features, forward, _ = calls(cell.experts.arch, cell.dataset)
+    own = settings.own
+    syn = settings.ipc * settings.factor**2
+    matching = own["match_nets"] * _matching(features, [], settings.real_batch, syn, spec.num_classes)
+    steps = own["fetch_net_num"] * own["model_train_steps"]
+    return matching + sum(w.flops for w in training_work(forward, [own["net_batch"]] * steps))
+
+
+def _mtt(cell, settings, spec) -> float:
+    """syn_steps student steps on batch_syn images, each kept for the second-order backward: about
+    two training steps' work each (forward and backward with create_graph, then the backward of both)."""
+    _, forward, _ = calls(cell.experts.arch, cell.dataset)
+    own = settings.own
+    return 2 * sum(w.flops for w in training_work(forward, [own["batch_syn"]] * own["syn_steps"]))
+
+
+DISTILL_COST = {"tgdd": _tgdd, "dm": _dm, "datadam": _dm, "dance": _dance, "idm": _idm, "mtt": _mtt}
+"""Conv/Linear FLOPs of one iteration, per method (DataDAM's attention maps are sums over the
+activations DM's pass computes anyway)."""
+
+
 def distill_flops(cell) -> float:
-    """One distillation: TGDD and DANCE match features under an extractor and classify under an
-    expert (DANCE's calibration is one more expert pass); DM only matches features; selecting
-    real images (random, herding) costs next to nothing."""
+    """One distillation: iterations x the method's work per iteration; selecting real images
+    (random, herding) costs next to nothing."""
     spec = get_dataset(cell.dataset)
     settings = resolve_settings(cell, spec)
     if not METHODS.get(settings.method).optimizes_images:
         return 0.0
-    features, forward, _ = calls(cell.experts.arch, cell.dataset)
-    syn = min(settings.ipc * settings.factor**2, settings.max_syn_per_class)
-    expert_pass = forward if settings.method != "dm" else []
-    work = distill_work(features, expert_pass, settings.real_batch, syn, spec.num_classes, batched=True)
-    per_iteration = sum(w.flops for w in work)
-    if settings.method == "dance":
-        per_iteration += sum(w.flops for w in distill_work([], forward, 0, syn, spec.num_classes, batched=True))
-    return settings.iterations * per_iteration
+    return settings.iterations * DISTILL_COST[settings.method](cell, settings, spec)
 
 
 def evaluation_flops(cell) -> float:
@@ -94,12 +137,13 @@ def budget(config: Path) -> dict[str, dict[str, float]]:
     experts_done = set()
     for cell in matrix_configs(cfg):
         row = table[cell.dataset]
-        key = (cell.dataset, cell.seed, cell.experts.arch)
-        if METHODS.get(cell.distill.method).needs_trajectories and key not in experts_done:
+        card = METHODS.get(cell.distill.method)
+        key = (cell.dataset, cell.seed, cell.experts.arch, card.expert_recipe)
+        if card.needs_trajectories and key not in experts_done:
             experts_done.add(key)
-            e = expert_settings(cell)
-            row["experts"] += cell.experts.num_trajectories * training_flops(
-                cell.experts.arch, cell.dataset, TRAIN_IMAGES[cell.dataset], e.batch_size, e.epochs
+            e = expert_settings(cell, card.expert_recipe)
+            row["experts"] += num_trajectories(cell, card.expert_recipe) * training_flops(
+                cell.experts.arch, cell.dataset, TRAIN_IMAGES[cell.dataset], e.batch_size, e.trained_epochs()
             )
         row["distill"] += distill_flops(cell)
         row["evaluate"] += evaluation_flops(cell)

@@ -32,17 +32,19 @@ def test_paper_preset_covers_the_ten_datasets_with_spec_settings():
     assert (subset.experts.arch, subset.experts.epochs, subset.experts.batch_size) == ("convnet-5", 80, 128)
     assert cfg.with_overrides("dataset=tinyimagenet").experts.arch == "convnet-4"
     assert (cfg.experts.arch, cfg.experts.epochs) == ("convnet-3", 60)
-    assert {c.distill.method for c in cells} == {"tgdd", "dm", "dance", "random", "herding"}
+    assert {c.distill.method for c in cells} == {"tgdd", "dm", "dance", "idm", "datadam", "mtt", "random", "herding"}
+    assert (cfg.experts.mtt.num_trajectories, cfg.experts.mtt.epochs) == (100, 50)  # MTT's buffer.py
 
 
 def test_paper_preset_dry_run_lists_every_step(tmp_path, capsys):
     cfg = load_config(CONFIG / "paper.yaml", [f"paths.data={tmp_path}", f"paths.results={tmp_path}"])
     planned = steps.plan(cfg)
     kinds = pd.Series([step for step, _, _ in planned]).value_counts().to_dict()
-    # 10 data sets prepared, experts per data set (seed 0), 120 cells distilled and evaluated, 1 report
-    assert kinds == {"prepare": 10, "experts": 10, "distill": 120, "evaluate": 120, "report": 1}
+    # 10 data sets prepared, experts per data set (seed 0) and recipe (TGDD's, MTT's), 192 cells
+    # distilled and evaluated, 1 report
+    assert kinds == {"prepare": 10, "experts": 20, "distill": 192, "evaluate": 192, "report": 1}
     steps.pipeline(cfg, dry_run=True)
-    assert capsys.readouterr().out.count("would run:") == 261
+    assert capsys.readouterr().out.count("would run:") == 415
 
 
 def test_command_line_overrides_win_over_per_dataset_settings():

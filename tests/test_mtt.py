@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import io
 import itertools
 import shutil
@@ -15,12 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgdd import paths, steps
+from tgdd.artifacts import torch_save
 from tgdd.augment import DiffAugment
 from tgdd.checkpoint import Checkpointer
 from tgdd.data.prepared import ClassSampler, PreparedSplit
 from tgdd.data.registry import get_dataset
 from tgdd.errors import TgddError
-from tgdd.experts import Trajectories
+from tgdd.experts import Trajectories, TrajectoryStore
 from tgdd.methods import METHODS, DistillContext, MTTSettings, mtt_row, resolve_settings
 from tgdd.methods.mtt import (
     MTT,
@@ -400,6 +402,45 @@ def test_stopped_run_resumes_bit_identically(tmp_path):
             whole.states[5][key]["state"][0]["momentum_buffer"],
         )
     assert expected.extra["syn_lr"] != pytest.approx(0.001)  # the lr did learn
+
+
+def test_cycle_holds_one_buffer_file_of_experts_and_matches_in_memory(tmp_path):
+    """From disk, the cycle keeps at most experts_per_file (2) trajectories in memory, reads each again
+    when its file comes round, and distils exactly what trajectories held in memory give."""
+    expected = MTT().run(_ctx(tmp_path, None, "distill.iterations=7"))
+    files = [
+        torch_save(tmp_path / f"trajectory_{i:02d}.pt", {"snapshots": snaps})
+        for i, snaps in enumerate(_trajectories().snapshots)
+    ]
+    accesses: list[int] = []
+
+    class Logged(TrajectoryStore):
+        def __getitem__(self, index):
+            accesses.append(index)
+            return super().__getitem__(index)
+
+    store = Logged(files, 3)
+    ctx = dataclasses.replace(_ctx(tmp_path, None, "distill.iterations=7"), trajectories=Trajectories(store, "fake", 3))
+    got = MTT().run(ctx)
+    assert torch.equal(got.images, expected.images) and got.extra == expected.extra
+    assert len(accesses) == 14  # start and target of each iteration's expert
+    held: list[int] = []  # least recently used first, at most two: the cache written out
+    loads = 0
+    for i in accesses:
+        if i in held:
+            held.remove(i)
+        else:
+            held, loads = held[-1:], loads + 1
+        held.append(i)
+    assert (store.loads, store.peak_held, store.held) == (loads, 2, held)
+    assert loads > 3  # a file's experts are read again when the file comes round
+    uniform = TrajectoryStore(files, 3)
+    ctx = dataclasses.replace(
+        _ctx(tmp_path, None, "distill.iterations=7", "distill.mtt.expert_selection=uniform"),
+        trajectories=Trajectories(uniform, "fake", 3),
+    )
+    MTT().run(ctx)
+    assert uniform.loads == uniform.peak_held  # --load_all: every one read once and kept
 
 
 def test_loop_refuses_short_trajectories_and_other_factors(tmp_path):

@@ -4,21 +4,24 @@ initial weights plus one snapshot per epoch (E+1 snapshots).
 One file per trajectory, each carrying its identity (data, resolved recipe, index, seed), so any
 route (`tgdd experts`, one Snakemake job per trajectory, `tgdd pipeline`) recognises a finished
 one and never retrains it; a small gather step writes the JSON manifest from the files.
-Distillation loads every trajectory into memory once (:func:`load_trajectories`) and never
-re-reads snapshots per iteration.
+Distillation checks every file up front (:func:`load_trajectories`), then loads each trajectory once,
+when first used, and keeps it (never re-reading snapshots per iteration), unless the method bounds how
+many it holds (:meth:`TrajectoryStore.keep_at_most`: MTT holds one buffer file's experts, as its authors' code).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tgdd.artifacts import provenance, read_checked, read_json, sha256_file, torch_load, torch_save, write_json
+from tgdd.artifacts import provenance, read_json, sha256_file, torch_load, torch_save, write_json
 from tgdd.checkpoint import Checkpointer, stop_on_signals
 from tgdd.config import Config
 from tgdd.data.prepared import PreparedSplit
@@ -213,20 +216,111 @@ def train_experts(
     return gather(cfg, out_dir, recipe)
 
 
-@dataclass(frozen=True)
-class Trajectories:
-    """Every trajectory's snapshots, in memory: ``snapshots[i][j]`` is trajectory i after epoch j."""
+class TrajectoryStore(Sequence):
+    """Trajectory files, each loaded when first indexed (``store[i][j]``: trajectory i after epoch j).
 
-    snapshots: list[list[StateDict]]
-    manifest_sha256: str
+    Holds every loaded trajectory unless :meth:`keep_at_most` bounds it; then the least recently used
+    one is dropped before another is loaded, so at most that many are ever in memory. A file whose size
+    or modification time differs from when the store was made is an error, not silently other weights
+    (its SHA-256 is checked once, by :func:`load_trajectories`, not on every reload).
+    Hand-written because ``functools.lru_cache`` cannot be bounded after creation nor report what it holds.
+    """
+
+    def __init__(self, files: Sequence[Path], epochs: int) -> None:
+        self._files, self._epochs = [Path(f) for f in files], epochs
+        self._stats = [_signature(f) for f in self._files]
+        self._held: OrderedDict[int, list[StateDict]] = OrderedDict()
+        self._limit: int | None = None
+        self.loads = 0  # files read so far (what a bound costs in reading)
+        self.peak_held = 0  # the most trajectories held at once
+
+    def __len__(self) -> int:
+        return len(self._files)
 
     @property
     def epochs(self) -> int:
-        return len(self.snapshots[0]) - 1
+        return self._epochs
+
+    @property
+    def held(self) -> list[int]:
+        """Indices of the trajectories in memory, least recently used first."""
+        return list(self._held)
+
+    def keep_at_most(self, count: int | None) -> None:
+        """Hold at most ``count`` trajectories from now on (None: every one loaded)."""
+        if count is not None and count < 1:
+            raise ValueError(f"keep_at_most needs a count of at least 1, got {count}")
+        self._limit = count
+        self._evict(0)
+
+    def __getitem__(self, index):  # Sequence's int-or-slice signature
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = range(len(self))[index]  # negative indices, IndexError as for a list
+        if index in self._held:
+            self._held.move_to_end(index)
+            return self._held[index]
+        self._evict(1)
+        snapshots = self._read(index)
+        self._held[index] = snapshots
+        self.loads += 1
+        self.peak_held = max(self.peak_held, len(self._held))
+        return snapshots
+
+    def _evict(self, room: int) -> None:
+        while self._limit is not None and self._held and len(self._held) + room > self._limit:
+            self._held.popitem(last=False)
+
+    def _read(self, index: int) -> list[StateDict]:
+        path = self._files[index]
+        if _signature(path) != self._stats[index]:
+            raise TgddError(f"trajectory file {path} changed during the run: rerun `tgdd experts`, then this step")
+        try:
+            snapshots = torch_load(path, "trajectory file")["snapshots"]
+        except TgddError as exc:
+            raise TgddError(f"{exc}: rerun `tgdd experts`") from None
+        _check_length(path, len(snapshots), self._epochs)
+        return snapshots
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    """(size, mtime in ns) of a file, None if it is gone."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+@dataclass(frozen=True)
+class Trajectories:
+    """Every trajectory's snapshots: ``snapshots[i][j]`` is trajectory i after epoch j (a
+    :class:`TrajectoryStore` from :func:`load_trajectories`, or plain lists in memory)."""
+
+    snapshots: Sequence[list[StateDict]]
+    manifest_sha256: str
+    _epochs: int | None = field(default=None, repr=False)
+
+    @property
+    def epochs(self) -> int:
+        """Epochs per trajectory (E: each has E+1 snapshots), known without loading one."""
+        return self._epochs if self._epochs is not None else len(self.snapshots[0]) - 1
+
+    def keep_at_most(self, count: int | None) -> None:
+        """Bound the trajectories held in memory (a no-op for trajectories given as lists)."""
+        if isinstance(self.snapshots, TrajectoryStore):
+            self.snapshots.keep_at_most(count)
+
+
+def _check_length(path: Path, snapshots: int, epochs: int) -> None:
+    if snapshots != epochs + 1:
+        raise TgddError(f"trajectory file {path} has {snapshots} snapshots, expected {epochs + 1}")
 
 
 def load_trajectories(cfg: Config, out_dir: Path, train: PreparedSplit, recipe: str = "tgdd") -> Trajectories:
-    """Load and verify the trajectories of ``recipe`` that ``cfg`` asks for (data, resolved recipe)."""
+    """The trajectories of ``recipe`` that ``cfg`` asks for (data, resolved recipe), every file checked
+    now (present, its SHA-256, its snapshot count), so a bad one stops the run before it starts; each is
+    loaded when the method first uses it (:class:`TrajectoryStore`)."""
     manifest_path = out_dir / MANIFEST
     if not manifest_path.is_file():
         raise TgddError(f"no expert trajectories at {out_dir}: run `tgdd experts` first")
@@ -241,21 +335,22 @@ def load_trajectories(cfg: Config, out_dir: Path, train: PreparedSplit, recipe: 
     count = num_trajectories(cfg, recipe)
     if not manifest.get("complete") or len(manifest.get("trajectories", [])) < count:
         raise TgddError(f"trajectories at {out_dir} are incomplete: rerun `tgdd experts` to finish them")
-    snapshots = []
     epochs = expert_settings(cfg, recipe).trained_epochs()
-    for record in manifest["trajectories"][:count]:
+    records = manifest["trajectories"][:count]
+    for record in records:
+        if not (out_dir / record["file"]).is_file():
+            raise TgddError(f"trajectory file {out_dir / record['file']} is missing: rerun `tgdd experts`")
+    store = TrajectoryStore([out_dir / r["file"] for r in records], epochs)  # size and mtime seen before the hash
+    for record in records:
         path = out_dir / record["file"]
-        if not path.is_file():
-            raise TgddError(f"trajectory file {path} is missing: rerun `tgdd experts`")
+        if sha256_file(path) != record["sha256"]:
+            raise TgddError(f"trajectory file {path} fails its checksum (truncated or changed): rerun `tgdd experts`")
         try:
-            data = read_checked(path, record["sha256"], "trajectory file")
+            blob = torch_load(path, "trajectory file", mmap=True)  # the snapshot count, without reading them
         except TgddError as exc:
             raise TgddError(f"{exc}: rerun `tgdd experts`") from None
-        blob = torch_load(path, "trajectory file", data)
-        if len(blob["snapshots"]) != epochs + 1:
-            raise TgddError(f"trajectory file {path} has {len(blob['snapshots'])} snapshots, expected {epochs + 1}")
-        snapshots.append(blob["snapshots"])
-    return Trajectories(snapshots, sha256_file(manifest_path))
+        _check_length(path, len(blob["snapshots"]), epochs)
+    return Trajectories(store, sha256_file(manifest_path), epochs)
 
 
 def _flat(identity: dict) -> dict:

@@ -515,11 +515,11 @@ class MTTSettings(MethodSettings):
     )
     expert_selection: Literal["cycle", "uniform"] = Field(
         "cycle", description="cycle: experts without replacement, file by file in shuffled order (their default); "
-        "uniform: one uniform draw per iteration (their --load_all)"
+        "uniform: one uniform draw per iteration (their --load_all; every trajectory held in memory)"
     )  # fmt: skip
     experts_per_file: int = Field(
         10, ge=1, description="the cycle takes trajectories a file of this many at a time, as buffer.py saved "
-        "them (save_interval 10): trajectory i is in file i // experts_per_file"
+        "them (save_interval 10): trajectory i is in file i // experts_per_file; at most this many are held in memory"
     )  # fmt: skip
 
     def resolve(self, ipc: int, spec: DatasetSpec) -> MTTSettings:

@@ -275,6 +275,8 @@ class MTT:
         s, own, device, train = ctx.settings, ctx.settings.of(MTTSettings), ctx.device, ctx.train
         terms = METHODS.get(s.method).terms
         space = Space(True, train.mean.to(device), train.std.to(device))
+        if own.expert_selection == "cycle":  # one buffer file's experts in memory at a time, as theirs holds
+            ctx.trajectories.keep_at_most(own.experts_per_file)
         state = self.initial_state(ctx, space)
         if ctx.checkpoint is not None and ctx.checkpoint.resume_blob is not None:
             state.restore(ctx.checkpoint.resume_blob, ctx.gen)

@@ -23,13 +23,12 @@ from tgdd.data.prepared import ClassSampler, PreparedSplit
 from tgdd.data.registry import get_dataset
 from tgdd.errors import TgddError
 from tgdd.experts import Trajectories, TrajectoryStore
-from tgdd.methods import METHODS, DistillContext, MTTSettings, mtt_row, resolve_settings
+from tgdd.methods import METHODS, DistillContext, MTTSettings, checks_config, mtt_row, resolve_settings
 from tgdd.methods.mtt import (
     MTT,
     ExpertCycle,
     FlatLayout,
     MiniBatches,
-    check_trajectories,
     draw_start_epoch,
     matching_loss,
     student_forward,
@@ -264,13 +263,25 @@ def test_settings_resolve_through_the_config(tmp_path):
 
 def test_too_short_trajectories_are_refused_naming_the_keys():
     own = MTTSettings(max_start_epoch=20, expert_epochs=2)
-    check_trajectories(own, 21)  # start 19 + 2 = 21: just enough
+    own.check_epochs(21)  # start 19 + 2 = 21: just enough
     with pytest.raises(TgddError) as caught:
-        check_trajectories(own, 20)
+        own.check_epochs(20)
     message = str(caught.value)
     assert "\n" not in message and "need trajectories of at least 21 epochs, these have 20" in message
     for key in ("distill.mtt.max_start_epoch=20", "distill.mtt.expert_epochs=2", "experts.mtt.epochs"):
         assert key in message
+
+
+def test_too_short_trajectories_of_the_config_are_refused_when_settings_resolve(tmp_path):
+    keys = ("distill.method=mtt", "distill.mtt.max_start_epoch=3", "distill.mtt.expert_epochs=2")
+    assert resolve_settings(tiny_config(tmp_path, *keys, "experts.mtt.epochs=4")).own["max_start_epoch"] == 3
+    short = tiny_config(tmp_path, *keys, "experts.mtt.epochs=3", "matrix.methods=[tgdd,mtt]")
+    with pytest.raises(TgddError, match=r"need trajectories of at least 4 epochs, these have 3 \(experts.mtt.epochs\)"):
+        resolve_settings(short)
+    with pytest.raises(TgddError, match="need trajectories of at least 4 epochs"):
+        steps.plan(short.with_overrides("distill.method=tgdd"))  # the pipeline's plan: before any step
+    assert not paths.experts_dir(short, "mtt").exists()
+    assert checks_config("mtt") and not checks_config("tgdd")
 
 
 # --- the loop on fake inputs: one iteration written out, resume -------------------------------------------

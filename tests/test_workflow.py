@@ -268,6 +268,22 @@ def test_invalid_config_is_refused_before_any_job(tmp_path):
     assert "iteratons" in proc.stdout and "validat" in proc.stdout.lower()
 
 
+def test_mtt_trajectories_too_short_are_refused_before_any_job(tmp_path):
+    """MTT's start epochs need longer trajectories than experts.mtt.epochs gives: the whole workflow and the
+    experts target alone (what DVC's experts stage runs) stop before training any, naming the keys."""
+    tree = tiny_tree(matrix__methods=["mtt"], experts__mtt={"num_trajectories": 1, "epochs": 3},
+                     distill__mtt={"max_start_epoch": 3, "expert_epochs": 2})  # fmt: skip
+    project = make_project(tmp_path / "project", tree)
+    for target in ([], ["experts"]):
+        proc = snakemake("-n", "--cores", "1", *target, cwd=project, check=False)
+        assert proc.returncode != 0, proc.stdout
+        assert "need trajectories of at least 4 epochs, these have 3 (experts.mtt.epochs)" in proc.stdout
+    assert not (project / "results").exists()
+    ok = make_project(tmp_path / "ok", tiny_tree(matrix__methods=["mtt"], experts__mtt={"num_trajectories": 1,
+                      "epochs": 4}, distill__mtt={"max_start_epoch": 3, "expert_epochs": 2}))  # fmt: skip
+    assert "tgdd_experts" in snakemake("-n", "--cores", "1", cwd=ok).stdout  # 4 epochs: just enough
+
+
 # ---------------------------------------------------------------------------------------------
 # The real thing: dvc repro runs the Snakemake targets stage by stage
 # ---------------------------------------------------------------------------------------------

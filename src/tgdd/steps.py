@@ -163,11 +163,12 @@ def plan(cfg: Config) -> list[tuple[str, Config, str]]:
     """The steps ``pipeline`` would run now, in order, each with why: what is missing, and what
     was made under other settings or from inputs that changed since (:mod:`tgdd.freshness`)."""
     from tgdd.freshness import Freshness
-    from tgdd.methods import METHODS
+    from tgdd.methods import METHODS, check_cells
 
     fresh = Freshness()
     steps_to_run: list[tuple[str, Config, str]] = []
     cells = matrix_configs(cfg)
+    check_cells(cells)
     for dataset_cfg in {c.dataset: c for c in cells}.values():
         if not (paths.prepared_dir(dataset_cfg) / "manifest.json").is_file():
             steps_to_run.append(("prepare", dataset_cfg, "missing"))

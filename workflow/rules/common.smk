@@ -25,7 +25,7 @@ from tgdd.freshness import resolved_distill, resolved_evaluation, resolved_exper
 from tgdd.data.registry import get_dataset
 from tgdd.errors import TgddError
 from tgdd.protocols import EXPERT_RECIPES, PROTOCOLS, num_trajectories
-from tgdd.methods import METHODS
+from tgdd.methods import METHODS, check_cells, checks_config
 from tgdd.plugins import plugin_modules
 
 # ---------------------------------------------------------------------------------------------
@@ -132,6 +132,10 @@ CELLS = [  # (dataset, seed, method, ipc)
     for m in dataset_config(d).matrix.methods
     for i in dataset_config(d).matrix.ipcs
 ]
+try:  # settings that cannot work with the config (MTT: trajectories too short) stop every route here
+    check_cells(cell(dataset=d, seed=s, method=m, ipc=i) for d, s, m, i in CELLS if checks_config(m))
+except TgddError as exc:
+    raise WorkflowError(str(exc)) from None
 
 
 def needs_trajectories(method):

@@ -15,7 +15,7 @@ laptop); :func:`load_method` imports the implementation when a method actually r
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
@@ -42,6 +42,10 @@ class MethodSettings(BaseModel):
     def resolve(self, ipc: int, spec: DatasetSpec) -> MethodSettings:
         """These settings with every ``null`` replaced by the method's published value."""
         return self
+
+    def check_config(self, cfg: Config, recipe: str) -> None:
+        """Refuse (resolved) settings that cannot work with the rest of ``cfg``, e.g. with the trajectories of
+        the method's expert ``recipe``: called when the settings resolve, so before any step runs."""
 
 
 class TGDDSettings(MethodSettings):
@@ -528,6 +532,22 @@ class MTTSettings(MethodSettings):
         published["batch_syn"] = row["batch_syn"] or spec.num_classes * ipc
         return self.model_copy(update={k: v for k, v in published.items() if getattr(self, k) is None})
 
+    def check_config(self, cfg: Config, recipe: str) -> None:
+        from tgdd.protocols import expert_settings
+
+        self.check_epochs(expert_settings(cfg, recipe).trained_epochs())
+
+    def check_epochs(self, epochs: int) -> None:
+        """The start epoch reaches max_start_epoch-1 and the target expert_epochs beyond it: refuse
+        trajectories of ``epochs`` epochs that are too short (the draw is never clipped)."""
+        need = self.max_start_epoch - 1 + self.expert_epochs
+        if need > epochs:
+            raise TgddError(
+                f"mtt: distill.mtt.max_start_epoch={self.max_start_epoch} and distill.mtt.expert_epochs="
+                f"{self.expert_epochs} need trajectories of at least {need} epochs, these have {epochs} "
+                "(experts.mtt.epochs): lower the two keys or train longer trajectories"
+            )
+
 
 def mtt_defaults(ipc: int, spec: DatasetSpec) -> dict[str, Any]:
     """MTT's distill.py: 5000 iterations, the published image lr (SGD momentum 0.5, one step per iteration,
@@ -587,7 +607,9 @@ def resolve_settings(cfg: Config, spec: DatasetSpec | None = None) -> DistillSet
     card = METHODS.get(cfg.distill.method)
     spec = spec or get_dataset(cfg.dataset)
     chosen = {k: v for k, v in cfg.distill.model_dump().items() if k not in METHODS}
-    own = getattr(cfg.distill, cfg.distill.method).resolve(cfg.distill.ipc, spec).model_dump(mode="json")
+    section = getattr(cfg.distill, cfg.distill.method).resolve(cfg.distill.ipc, spec)
+    section.check_config(cfg, card.expert_recipe)
+    own = section.model_dump(mode="json")
     for key, value in card.defaults(cfg.distill.ipc, spec).items():
         if chosen.get(key) is None:
             chosen[key] = value
@@ -598,6 +620,20 @@ def resolve_settings(cfg: Config, spec: DatasetSpec | None = None) -> DistillSet
         raise TgddError(f"method '{cfg.distill.method}' has no default for {missing}; set them in the config")
     mechanisms = {"image_update": card.image_update, "image_space": card.image_space, "real_batches": card.real_batches}
     return DistillSettings(**chosen, **mechanisms, own=own)
+
+
+def checks_config(method: str) -> bool:
+    """Whether ``method``'s settings section checks itself against the rest of the config
+    (:meth:`MethodSettings.check_config`; MTT: trajectories long enough for its start epochs)."""
+    return METHODS.get(method).settings.check_config is not MethodSettings.check_config
+
+
+def check_cells(cells: Iterable[Config]) -> None:
+    """Resolve every cell whose method :func:`checks_config`, so that `tgdd pipeline`, Snakemake and
+    DVC refuse a bad combination before training anything for it."""
+    for cell in cells:
+        if checks_config(cell.distill.method):
+            resolve_settings(cell)
 
 
 from tgdd.plugins import load_plugins  # noqa: E402  (plugins register into the registries above)

@@ -228,18 +228,6 @@ class MTTState:
         self.iteration, self.records = int(blob["iteration"]), list(blob["records"])
 
 
-def check_trajectories(own: MTTSettings, epochs: int) -> None:
-    """The start epoch reaches max_start_epoch-1 and the target expert_epochs beyond it: refuse trajectories
-    that are too short (never clip the draw)."""
-    need = own.max_start_epoch - 1 + own.expert_epochs
-    if need > epochs:
-        raise TgddError(
-            f"mtt: distill.mtt.max_start_epoch={own.max_start_epoch} and distill.mtt.expert_epochs="
-            f"{own.expert_epochs} need trajectories of at least {need} epochs, these have {epochs} "
-            "(experts.mtt.epochs): lower the two keys or train longer trajectories"
-        )
-
-
 class MTT:
     """The MTT loop (distill.py l. 185-396), one iteration:
 
@@ -259,7 +247,7 @@ class MTT:
         traj = ctx.trajectories
         if traj is None or not traj.snapshots:
             raise TgddError("mtt needs expert trajectories (MTT's recipe): run `tgdd experts` first")
-        check_trajectories(own, traj.epochs)
+        own.check_epochs(traj.epochs)  # the files' own length (the config's was checked when it resolved)
 
     def initial_state(self, ctx: DistillContext, space: Space) -> MTTState:
         s, own, train = ctx.settings, ctx.settings.of(MTTSettings), ctx.train

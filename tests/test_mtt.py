@@ -431,7 +431,7 @@ def test_cycle_holds_one_buffer_file_of_experts_and_matches_in_memory(tmp_path):
             return super().__getitem__(index)
 
     store = Logged(files, 3)
-    ctx = dataclasses.replace(_ctx(tmp_path, None, "distill.iterations=7"), trajectories=Trajectories(store, "fake", 3))
+    ctx = dataclasses.replace(_ctx(tmp_path, None, "distill.iterations=7"), trajectories=Trajectories(store, "fake"))
     got = MTT().run(ctx)
     assert torch.equal(got.images, expected.images) and got.extra == expected.extra
     assert len(accesses) == 14  # start and target of each iteration's expert
@@ -448,7 +448,7 @@ def test_cycle_holds_one_buffer_file_of_experts_and_matches_in_memory(tmp_path):
     uniform = TrajectoryStore(files, 3)
     ctx = dataclasses.replace(
         _ctx(tmp_path, None, "distill.iterations=7", "distill.mtt.expert_selection=uniform"),
-        trajectories=Trajectories(uniform, "fake", 3),
+        trajectories=Trajectories(uniform, "fake"),
     )
     MTT().run(ctx)
     assert uniform.loads == uniform.peak_held  # --load_all: every one read once and kept

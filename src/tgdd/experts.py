@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -299,12 +299,13 @@ class Trajectories:
 
     snapshots: Sequence[list[StateDict]]
     manifest_sha256: str
-    _epochs: int | None = field(default=None, repr=False)
 
     @property
     def epochs(self) -> int:
-        """Epochs per trajectory (E: each has E+1 snapshots), known without loading one."""
-        return self._epochs if self._epochs is not None else len(self.snapshots[0]) - 1
+        """Epochs per trajectory (E: each has E+1 snapshots); a store knows it without loading one."""
+        if isinstance(self.snapshots, TrajectoryStore):
+            return self.snapshots.epochs
+        return len(self.snapshots[0]) - 1
 
     def keep_at_most(self, count: int | None) -> None:
         """Bound the trajectories held in memory (a no-op for trajectories given as lists)."""
@@ -337,12 +338,11 @@ def load_trajectories(cfg: Config, out_dir: Path, train: PreparedSplit, recipe: 
         raise TgddError(f"trajectories at {out_dir} are incomplete: rerun `tgdd experts` to finish them")
     epochs = expert_settings(cfg, recipe).trained_epochs()
     records = manifest["trajectories"][:count]
-    for record in records:
-        if not (out_dir / record["file"]).is_file():
-            raise TgddError(f"trajectory file {out_dir / record['file']} is missing: rerun `tgdd experts`")
     store = TrajectoryStore([out_dir / r["file"] for r in records], epochs)  # size and mtime seen before the hash
     for record in records:
         path = out_dir / record["file"]
+        if not path.is_file():
+            raise TgddError(f"trajectory file {path} is missing: rerun `tgdd experts`")
         if sha256_file(path) != record["sha256"]:
             raise TgddError(f"trajectory file {path} fails its checksum (truncated or changed): rerun `tgdd experts`")
         try:
@@ -350,7 +350,7 @@ def load_trajectories(cfg: Config, out_dir: Path, train: PreparedSplit, recipe: 
         except TgddError as exc:
             raise TgddError(f"{exc}: rerun `tgdd experts`") from None
         _check_length(path, len(blob["snapshots"]), epochs)
-    return Trajectories(store, sha256_file(manifest_path), epochs)
+    return Trajectories(store, sha256_file(manifest_path))
 
 
 def _flat(identity: dict) -> dict:

@@ -64,21 +64,62 @@ def _temporary_sibling(path: Path):
         raise TgddError(f"cannot write to {path.parent}: {exc.strerror}") from None
     try:
         yield tmp
-        os.replace(tmp, path)
+        if os.path.exists(tmp):  # gone: the caller kept the existing file (atomic_write)
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` and move the result to ``path`` in one rename."""
+    """Call ``write(tmp_path)`` and move the result to ``path`` in one rename, unless ``path``
+    already holds exactly those bytes: then it is left as it was (its modification time too), so
+    rewriting an artifact with the same content changes nothing Snakemake, DVC or tgdd look at."""
     with _temporary_sibling(path) as tmp:
         write(tmp)
+        if _same_bytes(Path(tmp), Path(path)):
+            os.unlink(tmp)
     return Path(path)
+
+
+def _same_bytes(new: Path, old: Path) -> bool:
+    """Whether ``old`` exists with exactly the bytes of ``new`` (sizes first, then block by block)."""
+    try:
+        if old.stat().st_size != new.stat().st_size:
+            return False
+        with open(new, "rb") as a, open(old, "rb") as b:
+            while block := a.read(_CHUNK):
+                if block != b.read(len(block)):
+                    return False
+    except OSError:
+        return False
+    return True
 
 
 def write_json(path: Path, data: Any) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+
+
+PROVENANCE_KEYS = ("code", "env", "created")  # what :func:`provenance` adds
+
+
+def write_record(path: Path, data: dict[str, Any]) -> Path:
+    """A JSON manifest that carries :func:`provenance`: rewritten only when its content changes, so
+    redoing a step that makes the same content (preparing the same files again, gathering the same
+    trajectories) keeps the first record, its bytes and modification time."""
+    path = Path(path)
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if isinstance(old, dict) and _without_provenance(old) == _without_provenance(json.loads(json.dumps(data))):
+            return path
+    return write_json(path, data)
+
+
+def _without_provenance(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in PROVENANCE_KEYS}
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -95,9 +136,47 @@ def read_json(path: Path) -> Any:
 
 
 def torch_save(path: Path, obj: Any) -> Path:
+    """``torch.save`` through an open file, not a file name: given a name, torch stores it inside
+    the zip (the temporary name here, random), so equal objects would give different bytes."""
     import torch
 
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+
+    return atomic_write(path, write)
+
+
+def content_digest(obj: Any) -> str:
+    """SHA-256 of what ``obj`` holds (nested dicts, lists, tensors, JSON values), independent of how
+    it is serialised: the identity of an artifact's content, which its provenance (time, code
+    version, machine) does not change. Dict keys are taken in sorted order; a tensor contributes its
+    dtype, shape and bytes."""
+    import torch
+
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().to("cpu").contiguous()
+            digest.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(value, dict):
+            digest.update(b"{")
+            for key in sorted(value, key=str):
+                digest.update(json.dumps(str(key)).encode())
+                feed(value[key])
+            digest.update(b"}")
+        elif isinstance(value, list | tuple):
+            digest.update(b"[")
+            for item in value:
+                feed(item)
+            digest.update(b"]")
+        else:
+            digest.update(json.dumps(value, sort_keys=True).encode())
+
+    feed(obj)
+    return digest.hexdigest()
 
 
 def read_checked(path: Path, expected_sha256: str, what: str) -> bytes:
@@ -166,5 +245,10 @@ def environment(device: str) -> dict[str, Any]:
     }
 
 
-def provenance(device: str) -> dict[str, Any]:
-    return {"code": code_version(), "env": environment(device), "created": datetime.now(UTC).isoformat()}
+def provenance(device: str, timestamp: bool = True) -> dict[str, Any]:
+    """Code version and environment, and (``timestamp``) when. Artifacts that other steps read
+    (prepared data, trajectories, their manifests, synthetic sets) carry no time: made again from the
+    same inputs with the same code on the same machine, they are the same bytes, so neither DVC nor
+    Snakemake nor tgdd sees a change (their files' modification times say when)."""
+    record = {"code": code_version(), "env": environment(device)}
+    return {**record, "created": datetime.now(UTC).isoformat()} if timestamp else record

@@ -79,6 +79,12 @@ class MTTExpertsConfig(_Strict):
 
 class ExpertsConfig(_Strict):
     arch: str = Field("convnet-3", description="network of the trajectories (also TGDD's feature extractor)")
+    seed: int | None = Field(
+        0,
+        ge=0,
+        description="seed of the expert trajectories, shared by every distillation seed (as the authors distil "
+        "several times from one set of experts); null: each run's own seed",
+    )
     num_trajectories: int = Field(5, ge=1, description="N trajectories (SPEC §2)")
     epochs: int = Field(60, ge=1, description="E epochs; E+1 snapshots are kept")
     batch_size: int = Field(64, ge=1, description="expert training batch (SPEC §2: 64, 128 for ImageNet subsets)")
@@ -183,7 +189,7 @@ class MatrixConfig(_Strict):
     methods: list[str] = Field(["tgdd", "dm", "random"], min_length=1, description="methods of the matrix")
     ipcs: list[int] = Field([1, 10], min_length=1, description="images per class of the matrix")
     seeds: list[int] = Field(
-        [0], min_length=1, description="seeds of the matrix (each: experts, distillation, evaluation)"
+        [0], min_length=1, description="seeds of the matrix (each: distillation, evaluation; experts: experts.seed)"
     )
 
     @field_validator("ipcs")
@@ -212,6 +218,11 @@ class Config(_Strict):
     )
 
     _source: tuple[dict[str, Any], tuple[str, ...]] = PrivateAttr(default=({}, ()))
+
+    @property
+    def experts_seed(self) -> int:
+        """The seed of the expert trajectories: ``experts.seed``, or ``seed`` where that is null."""
+        return self.seed if self.experts.seed is None else self.experts.seed
 
     def with_overrides(self, *overrides: str) -> Config:
         """This config rebuilt from its source with more overrides (``per_dataset`` reapplied)."""

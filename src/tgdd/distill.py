@@ -49,7 +49,8 @@ def run_distillation(
     card = METHODS.get(settings.method)
     if card.needs_trajectories:
         trajectories = load_trajectories(cfg, paths.experts_dir(cfg, card.expert_recipe), train, card.expert_recipe)
-        inputs["trajectories_manifest_sha256"] = trajectories.manifest_sha256
+        inputs["trajectories_sha256"] = trajectories.content_sha256  # content, not file bytes (tgdd.experts)
+        inputs["experts_seed"] = cfg.experts_seed
     identity = {"settings": settings.record(), "inputs": inputs, "seed": cfg.seed, "dataset": cfg.dataset}
     checkpointer = Checkpointer(paths.synthetic_dir(cfg) / "checkpoint.pt", settings.checkpoint_every, identity)
     ctx = DistillContext(
@@ -80,7 +81,7 @@ def run_distillation(
         "config": config_dict(cfg),
         "inputs": inputs,
         **({"extra": output.extra} if output.extra else {}),  # what the method learned besides images
-        **provenance(str(device)),
+        **provenance(str(device), timestamp=False),
     }
     out_dir = paths.synthetic_dir(cfg)
     syn_path = paths.synthetic_file(cfg)

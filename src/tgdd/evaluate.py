@@ -18,7 +18,7 @@ from tgdd.freshness import resolved_evaluation
 from tgdd.models import build_model
 from tgdd.protocols import PROTOCOLS, Protocol, TrainSettings, protocol_settings, subset_epochs  # noqa: F401  (re-exported)
 from tgdd.runtime import derive_seed, generator, numpy_rng, seeded_init
-from tgdd.synthetic import load_synthetic
+from tgdd.synthetic import load_synthetic, synthetic_digest
 from tgdd.train import accuracy, train_classifier
 
 
@@ -38,11 +38,23 @@ def check_inputs(cfg: Config, meta: dict, syn_path: Path) -> None:
         raise TgddError(
             f"synthetic set {syn_path} was distilled from other training data than {paths.prepared_dir(cfg)}: redistill it"
         )
-    recorded = inputs.get("trajectories_manifest_sha256")
+    recorded = inputs.get("trajectories_sha256")
+    from tgdd.experts import manifest_digest
     from tgdd.methods import METHODS
+    from tgdd.protocols import num_trajectories
 
-    experts_manifest = paths.experts_dir(cfg, METHODS.get(cfg.distill.method).expert_recipe) / "manifest.json"
-    if recorded is not None and experts_manifest.is_file() and sha256_file(experts_manifest) != recorded:
+    card = METHODS.get(cfg.distill.method)
+    experts_manifest = paths.experts_dir(cfg, card.expert_recipe) / "manifest.json"
+    if recorded is None and card.needs_trajectories:
+        raise TgddError(
+            f"synthetic set {syn_path} was distilled by an older tgdd (no trajectories digest): redistill it"
+        )
+    count = num_trajectories(cfg, card.expert_recipe) if card.needs_trajectories else 0
+    if (
+        recorded is not None
+        and experts_manifest.is_file()
+        and manifest_digest(read_json(experts_manifest), count) != recorded
+    ):
         raise TgddError(
             f"synthetic set {syn_path} was distilled from other trajectories than {experts_manifest.parent}: redistill it"
         )
@@ -63,6 +75,7 @@ def evaluate_synthetic(cfg: Config, device: torch.device, progress: bool = True)
     if meta.get("num_classes") != test.num_classes:
         raise TgddError(f"synthetic set {syn_path} has {meta.get('num_classes')} classes, test set {test.num_classes}")
     syn_sha = sha256_file(syn_path)
+    syn_content = synthetic_digest(syn)
     images, labels = syn.decoded()
     images, labels = images.to(device), labels.to(device)
     settings = protocol_settings(cfg, images_per_class=cfg.distill.ipc * syn.factor**2)  # = its record
@@ -103,9 +116,11 @@ def evaluate_synthetic(cfg: Config, device: torch.device, progress: bool = True)
             "std_kind": "population (ddof=0) over runs",
             "selection": "last epoch; the test set is never used for selection",
             "synthetic_sha256": syn_sha,
+            "synthetic_content_sha256": syn_content,  # what freshness compares (tgdd.synthetic.synthetic_digest)
             "synthetic_file": str(syn_path),
             "test_sha256": test.sha256,
             "distill_seed": cfg.seed,
+            "experts_seed": meta.get("inputs", {}).get("experts_seed"),  # None: made without trajectories
             **({"origin": meta["origin"]} if "origin" in meta else {}),  # an imported set's (tgdd.interchange)
             **provenance(str(device)),
         }

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tgdd.artifacts import provenance, read_json, sha256_file, torch_load, torch_save, write_json
+from tgdd.artifacts import content_digest, provenance, read_json, sha256_file, torch_load, torch_save, write_record
 from tgdd.checkpoint import Checkpointer, stop_on_signals
 from tgdd.config import Config
 from tgdd.data.prepared import PreparedSplit
@@ -58,7 +58,16 @@ def expected_identity(cfg: Config, train_sha256: str, recipe: str = "tgdd") -> d
 
 
 def trajectory_identity(cfg: Config, train_sha256: str, index: int, recipe: str = "tgdd") -> dict:
-    return {**expected_identity(cfg, train_sha256, recipe), "index": index, "seed": cfg.seed}
+    """A trajectory's identity: the set's, its index and the experts' seed (``experts.seed``, shared
+    by every distillation seed unless it is null)."""
+    return {**expected_identity(cfg, train_sha256, recipe), "index": index, "seed": cfg.experts_seed}
+
+
+def trajectories_digest(identity: dict, content_sha256: Sequence[str]) -> str:
+    """What a distillation from a set of trajectories records as its input: the set's identity and
+    each trajectory's content digest, in order. Not the manifest's file hash: retraining a trajectory
+    with the same seed (same snapshots) or under another code version changes nothing downstream."""
+    return content_digest({"identity": identity, "trajectories": list(content_sha256)})
 
 
 def prepared_train_sha256(cfg: Config) -> str:
@@ -82,7 +91,11 @@ def trajectory_header(path: Path) -> dict | None:
         return None
     if not isinstance(blob, dict) or not isinstance(blob.get("identity"), dict):
         return None
-    return {"identity": blob["identity"], "final_test_accuracy": blob.get("final_test_accuracy")}
+    return {
+        "identity": blob["identity"],
+        "final_test_accuracy": blob.get("final_test_accuracy"),
+        "content_sha256": blob.get("content_sha256"),
+    }
 
 
 def finished(cfg: Config, path: Path, train_sha256: str, index: int, recipe: str = "tgdd") -> bool:
@@ -96,7 +109,7 @@ def expert_training_set(cfg: Config, train: PreparedSplit) -> PreparedSplit:
     per_class = cfg.experts.train_per_class
     if per_class is None:
         return train
-    gen = generator(cfg.seed, "expert-subset")
+    gen = generator(cfg.experts_seed, "expert-subset")
     keep = []
     for c in range(train.num_classes):
         members = torch.nonzero(train.labels == c).flatten()
@@ -118,7 +131,8 @@ def train_trajectory(
     channels, size = train.images.shape[1], train.images.shape[2]
     prefix = EXPERT_RECIPES.get(recipe).stream
     stream = (lambda name: f"{prefix}-{name}") if prefix else (lambda name: name)
-    with seeded_init(derive_seed(cfg.seed, stream("expert-init"), index)):
+    seed = cfg.experts_seed
+    with seeded_init(derive_seed(seed, stream("expert-init"), index)):
         model = build_model(cfg.experts.arch, channels, size, train.num_classes).to(device)
     snapshots = [_snapshot(model)]
     train = expert_training_set(cfg, train)
@@ -137,8 +151,8 @@ def train_trajectory(
         expert_settings(cfg, recipe),
         train.mean,
         train.std,
-        gen=generator(cfg.seed, stream("expert-train"), index, device=device),
-        rng=numpy_rng(cfg.seed, stream("expert-cutmix"), index),
+        gen=generator(seed, stream("expert-train"), index, device=device),
+        rng=numpy_rng(seed, stream("expert-cutmix"), index),
         on_epoch_end=lambda _epoch, m: snapshots.append(_snapshot(m)),
         progress=f"{recipe} expert {index + 1}/{num_trajectories(cfg, recipe)}",
         resumable=resumable,
@@ -172,8 +186,9 @@ def train_one(
             "identity": identity,
             "index": index,
             "final_test_accuracy": test_acc,
+            "content_sha256": content_digest({"identity": identity, "snapshots": snapshots}),
             "snapshots": snapshots,
-            **provenance(str(device)),
+            **provenance(str(device), timestamp=False),
         },
     )
     checkpointer.finish()
@@ -193,18 +208,33 @@ def gather(cfg: Config, out_dir: Path, recipe: str = "tgdd") -> Path:
             why = "missing" if header is None else "trained under other settings or data"
             again = f"tgdd experts --recipe {recipe} --index {index}"
             raise TgddError(f"trajectory {path} is {why}: run `tgdd experts --recipe {recipe}` (or `{again}`)")
+        if header["content_sha256"] is None:
+            raise TgddError(f"trajectory {path} was written by an older tgdd (no content digest): delete it and rerun")
         record = {"file": path.name, "sha256": sha256_file(path), "index": index}
-        records.append({**record, "final_test_accuracy": header["final_test_accuracy"]})
+        records.append(
+            {**record, "content_sha256": header["content_sha256"], "final_test_accuracy": header["final_test_accuracy"]}
+        )
+    identity = expected_identity(cfg, train_sha256, recipe)
     manifest = {
-        "identity": expected_identity(cfg, train_sha256, recipe),
+        "identity": identity,
         "recipe": recipe,
-        "seed": cfg.seed,
+        "seed": cfg.experts_seed,
         "experts": cfg.experts.model_dump(mode="json"),
         "complete": True,
         "trajectories": records,
-        **provenance("cpu"),
+        "trajectories_sha256": trajectories_digest(identity, [r["content_sha256"] for r in records]),
+        **provenance("cpu", timestamp=False),
     }
-    return write_json(out_dir / MANIFEST, manifest)
+    return write_record(out_dir / MANIFEST, manifest)
+
+
+def manifest_digest(manifest: dict, count: int) -> str | None:
+    """:func:`trajectories_digest` of the first ``count`` trajectories a manifest lists (None: an
+    incomplete manifest, or one gathered by an older tgdd, without content digests)."""
+    records = (manifest.get("trajectories") or [])[:count]
+    if len(records) < count or any("content_sha256" not in r for r in records):
+        return None
+    return trajectories_digest(manifest.get("identity") or {}, [r["content_sha256"] for r in records])
 
 
 def train_experts(
@@ -298,7 +328,7 @@ class Trajectories:
     :class:`TrajectoryStore` from :func:`load_trajectories`, or plain lists in memory)."""
 
     snapshots: Sequence[list[StateDict]]
-    manifest_sha256: str
+    content_sha256: str  # :func:`trajectories_digest`: what a distillation from them records
 
     @property
     def epochs(self) -> int:
@@ -338,6 +368,9 @@ def load_trajectories(cfg: Config, out_dir: Path, train: PreparedSplit, recipe: 
         raise TgddError(f"trajectories at {out_dir} are incomplete: rerun `tgdd experts` to finish them")
     epochs = expert_settings(cfg, recipe).trained_epochs()
     records = manifest["trajectories"][:count]
+    digest = manifest_digest(manifest, count)
+    if digest is None:
+        raise TgddError(f"trajectories at {out_dir} were gathered by an older tgdd: rerun `tgdd experts`")
     store = TrajectoryStore([out_dir / r["file"] for r in records], epochs)  # size and mtime seen before the hash
     for record in records:
         path = out_dir / record["file"]
@@ -350,7 +383,7 @@ def load_trajectories(cfg: Config, out_dir: Path, train: PreparedSplit, recipe: 
         except TgddError as exc:
             raise TgddError(f"{exc}: rerun `tgdd experts`") from None
         _check_length(path, len(blob["snapshots"]), epochs)
-    return Trajectories(store, sha256_file(manifest_path))
+    return Trajectories(store, digest)
 
 
 def _flat(identity: dict) -> dict:

@@ -87,12 +87,29 @@ class Freshness:
 
     def __init__(self) -> None:
         self._hashes: dict[Path, str] = {}
+        self._digests: dict[Path, str] = {}
         self._train_hashes: dict[Path, str | None] = {}
 
     def _sha256(self, path: Path) -> str:
         if path not in self._hashes:
             self._hashes[path] = sha256_file(path)
         return self._hashes[path]
+
+    def _trajectories_digest(self, cell: Config, recipe: str) -> str | None:
+        """The content digest of the cell's trajectories, from their manifest (tgdd.experts.manifest_digest)."""
+        from tgdd.experts import manifest_digest
+        from tgdd.protocols import num_trajectories
+
+        manifest = paths.experts_dir(cell, recipe) / "manifest.json"
+        return manifest_digest(read_json(manifest), num_trajectories(cell, recipe))
+
+    def _synthetic_digest(self, path: Path) -> str:
+        """A synthetic set's content digest (tgdd.synthetic.synthetic_digest), computed once per file."""
+        if path not in self._digests:
+            from tgdd.synthetic import load_synthetic, synthetic_digest
+
+            self._digests[path] = synthetic_digest(load_synthetic(path))
+        return self._digests[path]
 
     def _prepared_train_sha256(self, cell: Config) -> str | None:
         """The training split's hash, from the data set's prepared manifest (None: not prepared)."""
@@ -166,9 +183,9 @@ class Freshness:
             return "the prepared training data changed"
         if uses_trajectories:
             if trajectories_redone:
-                return "its expert trajectories are (re)trained"
+                return "its expert trajectories are (re)trained (kept if they come out the same)"
             manifest = paths.experts_dir(cell, recipe) / "manifest.json"
-            if manifest.is_file() and inputs.get("trajectories_manifest_sha256") != self._sha256(manifest):
+            if manifest.is_file() and inputs.get("trajectories_sha256") != self._trajectories_digest(cell, recipe):
                 return "its expert trajectories changed"
         return None
 
@@ -192,6 +209,6 @@ class Freshness:
         found = changes(recorded, resolved_evaluation(cell, factor), "evaluate", " (resolved)")
         if found:
             return ", ".join(found)
-        if synthetic.is_file() and result.get("synthetic_sha256") != self._sha256(synthetic):
+        if synthetic.is_file() and result.get("synthetic_content_sha256") != self._synthetic_digest(synthetic):
             return "its synthetic set changed"
         return None

@@ -203,7 +203,7 @@ def describe(step: str, cfg: Config) -> str:
     if step in ("prepare", "report"):
         return f"{step} {cfg.dataset}" if step == "prepare" else step
     if step == "experts":
-        return f"experts {cfg.dataset} {experts_recipe(cfg)} {cfg.experts.arch} seed{cfg.seed}"
+        return f"experts {cfg.dataset} {experts_recipe(cfg)} {cfg.experts.arch} seed{cfg.experts_seed}"
     archs = f" on {', '.join(cfg.evaluate.archs)}" if step == "evaluate" else ""
     return f"{step} {cfg.dataset} {d.method} ipc{d.ipc} seed{cfg.seed}{archs}"
 
@@ -213,14 +213,23 @@ def pipeline(cfg: Config, dry_run: bool = False) -> list[Path]:
     resumes; a changed setting redoes what depends on it; trajectories and checkpoints of
     interrupted steps are picked up by the steps themselves)."""
     written: list[Path] = []
-    if not dry_run:
-        _check_tracking(cfg, cfg.tracking.enabled)
-    for step, step_cfg, reason in plan(cfg):
-        if dry_run:
+    if dry_run:
+        for step, step_cfg, reason in plan(cfg):
             print(f"would run: {describe(step, step_cfg)} ({reason})")
-            continue
-        log.info("%s (%s)", describe(step, step_cfg), reason)
-        started = time.perf_counter()
-        written += globals()[step](step_cfg)
-        log.info("%s: done in %.1f s", describe(step, step_cfg), time.perf_counter() - started)
+        return written
+    _check_tracking(cfg, cfg.tracking.enabled)
+    # Planned again once the data and the experts are made: what they feed is redone only if they
+    # came out different (identities are content digests: the same data prepared again, an expert
+    # retrained with the same seed, change nothing downstream).
+    for upstream in (True, False):
+        for step, step_cfg, reason in plan(cfg):
+            if (step in UPSTREAM_STEPS) is not upstream:
+                continue
+            log.info("%s (%s)", describe(step, step_cfg), reason)
+            started = time.perf_counter()
+            written += globals()[step](step_cfg)
+            log.info("%s: done in %.1f s", describe(step, step_cfg), time.perf_counter() - started)
     return written
+
+
+UPSTREAM_STEPS = ("prepare", "experts")

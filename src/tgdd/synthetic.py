@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tgdd.artifacts import atomic_write, sha256_file, torch_load, torch_save
+from tgdd.artifacts import atomic_write, content_digest, sha256_file, torch_load, torch_save
 from tgdd.data.prepared import ClassSampler
 from tgdd.errors import TgddError
 
@@ -156,6 +156,13 @@ def save_synthetic(path: Path, syn: SyntheticSet) -> str:
         path, {"images": syn.images.detach().cpu(), "labels": syn.labels.cpu(), "factor": syn.factor, "meta": syn.meta}
     )
     return sha256_file(path)
+
+
+def synthetic_digest(syn: SyntheticSet) -> str:
+    """The identity of a synthetic set's content (stored images, labels, factor): what an evaluation
+    records and freshness compares, so a set distilled again to the same images (or rewritten with
+    other provenance) does not make its evaluations stale."""
+    return content_digest({"images": syn.images, "labels": syn.labels, "factor": syn.factor})
 
 
 def load_synthetic(path: Path) -> SyntheticSet:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tgdd.artifacts import provenance, read_checked, read_json, sha256_file, torch_load, torch_save, write_json
+from tgdd.artifacts import provenance, read_checked, read_json, sha256_file, torch_load, torch_save, write_record
 from tgdd.data.registry import SPLITS, DatasetSpec, LoadContext, RawSplit
 from tgdd.errors import TgddError
 
@@ -94,7 +94,7 @@ def prepare_dataset(spec: DatasetSpec, ctx: LoadContext, out_dir: Path) -> Path:
             },
         )
         files[path.name] = {"sha256": sha256_file(path), "count": len(raw[split].labels)}
-    write_json(
+    write_record(  # the same files again (same bytes: tgdd.artifacts.torch_save) keep the first manifest
         out_dir / MANIFEST,
         {
             "dataset": spec.name,
@@ -105,7 +105,7 @@ def prepare_dataset(spec: DatasetSpec, ctx: LoadContext, out_dir: Path) -> Path:
             "mean": mean,
             "std": std,
             "files": files,
-            **provenance("cpu"),
+            **provenance("cpu", timestamp=False),
         },
     )
     return out_dir

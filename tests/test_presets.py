@@ -100,6 +100,8 @@ def test_published_numbers_match_spec_and_sit_beside_ours():
     )  # fmt: skip
     text = comparison_tables(ours)
     lines = [line.replace(" ", "") for line in text.splitlines()]
-    assert "|cifar10|10|convnet-3|tgdd|60.0±1.0|71.9|3|300|" in lines
+    assert "|cifar10|10|convnet-3|tgdd|60.0±1.0|71.9|1|3|300|" in lines  # n_seeds, n_runs, epochs
     assert "`cross_arch`" in text and "58.6" in text
-    assert headline_metrics(ours)["cifar10"]["ipc10"]["tgdd"]["convnet-3/tgdd"] == {"mean": 60.0, "std": 1.0}
+    assert headline_metrics(ours)["cifar10"]["ipc10"]["tgdd"]["convnet-3/tgdd"] == {
+        "mean": 60.0, "std": 1.0, "std_over": "runs (ddof=0)", "n_seeds": 1, "n_runs": 3, "epochs": 300
+    }  # fmt: skip

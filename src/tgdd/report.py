@@ -1,17 +1,49 @@
-"""`tgdd report`: every evaluation result in one CSV and paper-style Markdown tables."""
+"""`tgdd report`: every evaluation result in one CSV and paper-style Markdown tables.
+
+``summary.csv`` keeps one row per evaluation JSON, i.e. per synthetic set (distillation seed),
+network and protocol. The Markdown tables and ``metrics.json`` report one number per *cell*
+(data set, IPC, method, network, protocol): the mean over distillation seeds of each seed's mean
+accuracy, ± the sample standard deviation (ddof=1) of those seed means. With one seed the ± is
+the population standard deviation (ddof=0) over that seed's evaluation runs, as `tgdd evaluate`
+records it, and with one seed of one run there is no ±. Seeds evaluated with different epochs or
+numbers of runs are never averaged together: each such setting is its own value, labelled.
+"""
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from tgdd.artifacts import write_json, write_text
 from tgdd.errors import TgddError
 
-SUMMARY_COLUMNS = ["dataset", "ipc", "method", "arch", "protocol", "mean", "std", "n_runs", "epochs", "factor", "seeds"]
+SUMMARY_COLUMNS = [
+    "dataset",
+    "ipc",
+    "method",
+    "arch",
+    "protocol",
+    "distill_seed",
+    "experts_seed",
+    "mean",
+    "std",
+    "n_runs",
+    "epochs",
+    "factor",
+    "seeds",
+    "origin",
+]
+CELL_KEYS = ["dataset", "ipc", "method", "arch", "protocol"]
+"""What one number of the tables describes."""
+SETTING_KEYS = ["epochs", "n_runs"]
+"""Evaluation settings that seeds must share to be averaged together."""
+STD_OVER_SEEDS = "seeds (ddof=1)"
+STD_OVER_RUNS = "runs (ddof=0)"
 
 
 def evaluation_files(eval_root: Path) -> list[Path]:
@@ -20,7 +52,8 @@ def evaluation_files(eval_root: Path) -> list[Path]:
 
 
 def collect_results(eval_root: Path) -> pd.DataFrame:
-    """One row per evaluation JSON under ``eval_root``."""
+    """One row per evaluation JSON under ``eval_root`` (columns :data:`SUMMARY_COLUMNS`): the
+    per-seed rows of ``summary.csv``. Seeds absent from older files are left empty."""
     rows = []
     for path in evaluation_files(eval_root):
         try:
@@ -34,52 +67,140 @@ def collect_results(eval_root: Path) -> pd.DataFrame:
                 "method": r["method"],
                 "arch": r["arch"],
                 "protocol": r["protocol"],
+                "distill_seed": r.get("distill_seed"),
+                "experts_seed": r.get("experts_seed"),
                 "mean": r["mean"],
                 "std": r["std"],
                 "n_runs": r["runs"],
                 "epochs": r["protocol_settings"]["epochs"],
                 "factor": r["factor"],
-                "seeds": " ".join(map(str, r["seeds"])),
-                "distill_seed": r.get("distill_seed"),
+                "seeds": " ".join(map(str, r["seeds"])),  # the evaluation runs' seeds
                 "origin": (r.get("origin") or {}).get("label", ""),  # imported sets (tgdd.interchange)
             }
         )
     if not rows:
         raise TgddError(f"no evaluation results under {eval_root}: run `tgdd evaluate` first")
-    return pd.DataFrame(rows).sort_values(["dataset", "ipc", "method", "arch", "protocol"]).reset_index(drop=True)
+    frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    # nullable integers: an absent seed is an empty field, a present one stays "1", not "1.0000"
+    frame = frame.astype({"distill_seed": "Int64", "experts_seed": "Int64"})
+    return frame.sort_values([*CELL_KEYS, "distill_seed"]).reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- aggregation over seeds
+
+
+def seed_statistics(seed_means: Sequence[float], run_std: float, n_runs: int) -> tuple[float, float | None, str | None]:
+    """``(mean, std, what the std is over)`` of one cell from its seeds' mean accuracies.
+
+    Two seeds or more: the mean of the seed means ± their sample std (ddof=1), the spread a new
+    distillation would show. One seed: its mean ± ``run_std``, the std over its ``n_runs``
+    evaluation runs (as recorded, ddof=0). One seed of one run: no std at all (``None``) rather
+    than a ``± 0.0`` that reads as a measured spread."""
+    if len(seed_means) == 0:
+        raise ValueError("a cell without seeds")
+    if len(seed_means) > 1:
+        return float(np.mean(seed_means)), float(np.std(seed_means, ddof=1)), STD_OVER_SEEDS
+    if n_runs > 1:
+        return float(seed_means[0]), float(run_std), STD_OVER_RUNS
+    return float(seed_means[0]), None, None
+
+
+def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell and evaluation setting (epochs, runs per seed) of the per-seed ``frame``:
+    ``mean``, ``std``, ``std_over`` (:func:`seed_statistics`), ``n_seeds`` (evaluated synthetic
+    sets), ``distill_seeds`` and ``split`` (True when the cell's seeds were evaluated under more
+    than one setting, so it has more than one row: those are never averaged together)."""
+    rows = []
+    for key, group in frame.groupby([*CELL_KEYS, *SETTING_KEYS], sort=True):
+        cell = dict(zip([*CELL_KEYS, *SETTING_KEYS], key, strict=True))
+        mean, std, std_over = seed_statistics(group["mean"].tolist(), group["std"].iloc[0], int(cell["n_runs"]))
+        seeds = group["distill_seed"] if "distill_seed" in group else pd.Series(dtype="Int64")
+        rows.append(
+            {
+                **cell,
+                "n_seeds": len(group),
+                "distill_seeds": " ".join(str(int(s)) for s in seeds.dropna()),
+                "mean": mean,
+                "std": std,
+                "std_over": std_over,
+            }
+        )
+    out = pd.DataFrame(rows)
+    return out.assign(split=out.groupby(CELL_KEYS)["epochs"].transform("size") > 1)
+
+
+def format_value(mean: float, std: float | None) -> str:
+    """``71.7 ± 1.2``, or ``71.7`` alone when there is no std (one seed, one run)."""
+    return f"{mean:.1f}" if std is None or pd.isna(std) else f"{mean:.1f} ± {std:.1f}"
+
+
+def describe_setting(n_seeds: int, n_runs: int, epochs: int) -> str:
+    """What a value of the tables is, in words: seeds, runs, epochs and which std."""
+    seeds = f"{n_seeds} distillation seed{'s' if n_seeds > 1 else ''}"
+    runs = f"{n_runs} evaluation run{'s' if n_runs > 1 else ''} of {epochs} epoch{'s' if epochs > 1 else ''}"
+    runs += " each" if n_seeds > 1 else ""
+    if n_seeds > 1:
+        what = f"mean ± sample std (ddof=1) over the {n_seeds} seeds' mean accuracies"
+    elif n_runs > 1:
+        what = f"mean ± std (ddof=0) over the {n_runs} runs of that one seed"
+    else:
+        what = "that one run's accuracy, no std (n=1)"
+    return f"{seeds} × {runs}: {what}"
+
+
+def _settings(cells: pd.DataFrame) -> list[tuple[int, int, int]]:
+    """The distinct ``(n_seeds, n_runs, epochs)`` of ``cells``, in a stable order."""
+    return sorted({(int(r.n_seeds), int(r.n_runs), int(r.epochs)) for r in cells.itertuples()})
+
+
+def _labelled_table(cells: pd.DataFrame, index: list[str], column: str, order: list[str] | None = None) -> str:
+    """``cells`` (rows of :func:`aggregate` with a ``column`` to spread) as a Markdown table with
+    its legend: one sentence when every value shares one setting, else a marker ``[a]``, ``[b]``
+    ... on each value and one legend line per marker."""
+    settings = _settings(cells)
+    marks = {s: f"[{chr(ord('a') + i)}]" for i, s in enumerate(settings)} if len(settings) > 1 else {}
+    text = [
+        format_value(r.mean, r.std) + (f" {marks[(r.n_seeds, r.n_runs, r.epochs)]}" if marks else "")
+        for r in cells.itertuples()
+    ]
+    joined = cells.assign(cell=text).groupby([*index, column], sort=True)["cell"].agg("; ".join).reset_index()
+    wide = joined.pivot(index=index, columns=column, values="cell")
+    if order is not None:
+        wide = wide[order]
+    table = wide.fillna("–").reset_index().rename_axis(columns=None).to_markdown(index=False, disable_numparse=True)
+    if not marks:
+        legend = f"Test accuracy (%), last epoch. Every value: {describe_setting(*settings[0])}."
+    else:
+        legend = "Test accuracy (%), last epoch. Values differ in seeds, runs or epochs:\n\n" + "\n".join(
+            f"- {mark} {describe_setting(*setting)}" for setting, mark in marks.items()
+        )
+        if cells["split"].any():
+            legend += (
+                "\n\nA cell with two values or more: its seeds were evaluated with different epochs or runs;"
+                " they are shown apart, never averaged."
+            )
+    return legend + "\n\n" + table
 
 
 def paper_table(frame: pd.DataFrame) -> str:
-    """Rows: method; columns: dataset / IPC; cells: ``mean ± std`` (one table per arch and protocol)."""
+    """Rows: method; columns: dataset / IPC; values: mean ± std over distillation seeds
+    (:func:`seed_statistics`); one table per arch and protocol, each with its legend."""
     blocks = []
-    for (arch, protocol), group in frame.groupby(["arch", "protocol"], sort=True):
-        cells = group.assign(
-            cell=group["mean"].map("{:.1f}".format) + " ± " + group["std"].map("{:.1f}".format),
-            column=group["dataset"] + " IPC " + group["ipc"].astype(str),
-        )
-        wide = cells.pivot_table(index="method", columns="column", values="cell", aggfunc="first")
+    for (arch, protocol), group in aggregate(frame).groupby(["arch", "protocol"], sort=True):
+        cells = group.assign(column=group["dataset"] + " IPC " + group["ipc"].astype(str))
         order = cells.sort_values(["dataset", "ipc"])["column"].drop_duplicates().tolist()
-        wide = wide[order].fillna("–")
-        runs = sorted(group["n_runs"].unique())
-        epochs = sorted(group["epochs"].unique())
-        blocks.append(
-            f"### {arch}, protocol `{protocol}`\n\n"
-            f"Test accuracy (%), mean ± std over {'/'.join(map(str, runs))} runs, "
-            f"{'/'.join(map(str, epochs))} epochs, last epoch.\n\n"
-            + wide.reset_index().to_markdown(index=False, disable_numparse=True)
-        )
+        blocks.append(f"### {arch}, protocol `{protocol}`\n\n" + _labelled_table(cells, ["method"], "column", order))
     return "\n\n".join(blocks) + "\n"
 
 
 def cross_arch_table(frame: pd.DataFrame) -> str:
-    """Rows: data set / IPC / method; columns: architecture (one table per protocol)."""
+    """Rows: data set / IPC / method; columns: architecture (one table per protocol), values as
+    in :func:`paper_table`."""
     blocks = []
-    for protocol, group in frame.groupby("protocol", sort=True):
-        cells = group.assign(cell=group["mean"].map("{:.1f}".format) + " ± " + group["std"].map("{:.1f}".format))
-        wide = cells.pivot_table(index=["dataset", "ipc", "method"], columns="arch", values="cell", aggfunc="first")
+    for protocol, group in aggregate(frame).groupby("protocol", sort=True):
         blocks.append(
             f"### Cross-architecture, protocol `{protocol}`\n\n"
-            + wide.fillna("–").reset_index().to_markdown(index=False, disable_numparse=True)
+            + _labelled_table(group, ["dataset", "ipc", "method"], "arch")
         )
     return "\n\n".join(blocks) + "\n"
 
@@ -101,8 +222,13 @@ def arch_family(arch: str) -> str:
 
 
 def comparison_tables(frame: pd.DataFrame, protocol: str = "tgdd") -> str:
-    """For each published table, our cells beside the paper's, for the cells we have results for."""
-    ours = frame[frame["protocol"] == protocol].assign(family=frame["arch"].map(arch_family))
+    """For each published table, our cells beside the paper's, for the cells we have results for
+    (one row per cell and evaluation setting, with its seeds, runs per seed and epochs)."""
+    selected = frame[frame["protocol"] == protocol]
+    if selected.empty:
+        return ""
+    ours = aggregate(selected)
+    ours = ours.assign(family=ours["arch"].map(arch_family))
     published = published_results()
     blocks = []
     for table, paper in published.groupby("table", sort=False):
@@ -112,18 +238,21 @@ def comparison_tables(frame: pd.DataFrame, protocol: str = "tgdd") -> str:
         if merged.empty:
             continue
         merged = merged.assign(
-            ours=merged["mean"].map("{:.1f}".format) + " ± " + merged["std"].map("{:.1f}".format),
+            ours=[format_value(m, s) for m, s in zip(merged["mean"], merged["std"], strict=True)],
             paper=merged["accuracy"].map("{:.1f}".format),
-            runs=merged["n_runs"],
         )
-        rows = merged[["dataset", "ipc", "arch_y", "method", "ours", "paper", "runs", "epochs"]].rename(
+        rows = merged[["dataset", "ipc", "arch_y", "method", "ours", "paper", "n_seeds", "n_runs", "epochs"]].rename(
             columns={"arch_y": "arch"}
         )
         blocks.append(
             f"### Published table `{table}` beside ours (protocol `{protocol}`)\n\n"
             "`paper`: the TGDD paper's numbers (SPEC §7), full GPU budget, authors' protocol. `ours`: this run's "
-            "budget (see `epochs`, `runs`), last-epoch accuracy, mean ± std. Different budgets: compare trends, not digits.\n\n"
-            + rows.sort_values(["dataset", "ipc", "arch", "method"]).to_markdown(index=False, disable_numparse=True)
+            "budget (see `epochs`), last-epoch accuracy: mean ± sample std (ddof=1) over `n_seeds` distillation "
+            "seeds of each seed's mean over its `n_runs` evaluation runs; with one seed, ± std (ddof=0) over its "
+            "runs; with one run of one seed, the accuracy alone. Different budgets: compare trends, not digits.\n\n"
+            + rows.sort_values(["dataset", "ipc", "arch", "method", "epochs", "n_runs"]).to_markdown(
+                index=False, disable_numparse=True
+            )
         )
     return "\n\n".join(blocks) + ("\n" if blocks else "")
 
@@ -142,17 +271,29 @@ def imported_sets(frame: pd.DataFrame) -> str:
 
 
 def headline_metrics(frame: pd.DataFrame) -> dict:
-    """Nested ``dataset -> ipc<k> -> method -> arch/protocol -> {mean, std}``: DVC's metrics file."""
+    """Nested ``dataset -> ipc<k> -> method -> arch/protocol -> {mean, std, std_over, n_seeds,
+    n_runs, epochs}`` over distillation seeds (:func:`aggregate`): DVC's metrics file. A cell whose
+    seeds were evaluated under different settings gets one key per setting,
+    ``arch/protocol/<epochs>ep_<runs>runs``, never one averaged number."""
     metrics: dict = {}
-    for row in frame.itertuples():
+    for row in aggregate(frame).itertuples():
         cell = metrics.setdefault(row.dataset, {}).setdefault(f"ipc{row.ipc}", {}).setdefault(row.method, {})
-        cell[f"{row.arch}/{row.protocol}"] = {"mean": round(row.mean, 4), "std": round(row.std, 4)}
+        key = f"{row.arch}/{row.protocol}" + (f"/{row.epochs}ep_{row.n_runs}runs" if row.split else "")
+        cell[key] = {
+            "mean": round(row.mean, 4),
+            "std": None if row.std is None or pd.isna(row.std) else round(row.std, 4),
+            "std_over": row.std_over,
+            "n_seeds": int(row.n_seeds),
+            "n_runs": int(row.n_runs),
+            "epochs": int(row.epochs),
+        }
     return metrics
 
 
 def write_report(eval_root: Path, tables_dir: Path) -> tuple[list[Path], str]:
-    """summary.csv, summary.md (paper-style and cross-architecture tables), comparison with the
-    published numbers, and metrics.json. Returns the paths and the Markdown shown to the user."""
+    """summary.csv (one row per seed), summary.md (paper-style and cross-architecture tables over
+    seeds), comparison with the published numbers, and metrics.json (over seeds). Returns the
+    paths and the Markdown shown to the user."""
     frame = collect_results(eval_root)
     markdown = paper_table(frame) + "\n" + cross_arch_table(frame)
     if imported := imported_sets(frame):

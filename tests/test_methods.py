@@ -1,5 +1,6 @@
 """The SPEC §3 formulas and sampling rules against direct computations on tiny tensors."""
 
+import contextlib
 from collections import Counter
 
 import pytest
@@ -97,25 +98,107 @@ def test_each_method_has_its_own_validated_section():
         build_config({}, ["distill.tgdd.alpah=1"])
 
 
-@pytest.mark.parametrize("method", ["tgdd", "dm", "dance"])
-def test_batched_classes_give_the_per_class_update(method, prepared_root, tmp_path):
-    """With the randomness that differs between the two paths switched off (no augmentation,
-    whole classes as the real batch), batched and per-class distillation agree."""
+# Why the two paths' results may differ, and by how much (issue 20, defect 6). In exact arithmetic they
+# are the same update (docs/fidelity.md, "batched classes"): in float64 they agree to 3.3e-16 (TGDD,
+# DANCE) and 7.8e-16 (DM), against bounds of 7e-15 to 8e-14 (below). In float32 each path rounds its
+# sums in another order (one forward per class, or one for all), which moves the result in two ways:
+# - smoothly: every SGD update of a pixel rounds its value and its step, each at most ``scale``, to a
+#   relative u (unit roundoff); the gradients' own rounding (measured <= 4u relative) enters through
+#   the steps. Summed over the updates a pixel takes and over the two paths, the worst case is
+#   4 u * updates * scale (:func:`_rounding_bound`); away from kinks the update does not amplify it
+#   (inputs perturbed by u came out moved by at most 0.4 u, in float64). Measured: 1.8e-7 (TGDD,
+#   DANCE) and 7e-7 (DM), against bounds of 2.1e-5, 4.0e-5 and 4.1e-6.
+# - by a kink: a ReLU's derivative jumps at 0, so where a pre-activation lies within the forward's
+#   float32 error (<= 1.6e-6 measured, against float64) of 0, the CPU's kernels decide which side
+#   each path lands on, and the gradient of that image jumps by the unit's whole term. In DANCE's
+#   case one pre-activation is -8.4e-8 in float64 (iteration 4, class 0, stored image 0); float32
+#   puts it at +1.8e-8 in both paths on this CPU; one path on each side moves image 0 by 6.3e-5, the
+#   difference seen on another AMD EPYC (issue 20; reproduced by setting that value in one path).
+#   No tolerance derived from rounding covers that jump, so the float32 check compares only the
+#   classes (each class's loss depends on its own images alone) with no pre-activation within
+#   KINK_REACH of 0. Float64's forward error (~3e-15) makes a crossing there a ~1e-8 chance per run
+#   (12 pre-activations within 1e-5 of 0 in DANCE's run): the float64 check compares every class.
+KINK_REACH = 1e-5  # 6x the measured float32 forward error of a pre-activation, for other CPUs' kernels
+
+
+def _rounding_bound(dtype: torch.dtype, updates: int, scale: float) -> float:
+    """Worst case of the two paths' smooth rounding difference (see above)."""
+    return 4 * (torch.finfo(dtype).eps / 2) * updates * scale
+
+
+@contextlib.contextmanager
+def _classes_near_a_relu_kink(num_classes: int, reach: float):
+    """Collects the classes whose synthetic images had a ReLU pre-activation within ``reach`` of 0 in a
+    forward that takes gradients (batched: every class's images, class-major, in one forward)."""
+    found: set[int] = set()
+
+    def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if isinstance(module, torch.nn.ReLU) and args[0].requires_grad:
+            near = (args[0].detach().abs() < reach).flatten(1).any(1)
+            found.update((near.nonzero().flatten() // (len(near) // num_classes)).tolist())
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        yield found
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize(("method", "phases"), [("tgdd", 1), ("dm", 1), ("dance", 2)])
+def test_batched_classes_give_the_per_class_update(method, phases, prepared_root, tmp_path, monkeypatch):
+    """With the randomness that differs between the two paths switched off (no augmentation, whole
+    classes as the real batch), batched and per-class distillation are the same update: equal up to
+    float64 rounding in float64, and in float32 (as run) up to float32 rounding wherever no ReLU kink
+    lies within float32's rounding (see the note above)."""
     import shutil
 
     from tgdd import steps
+    from tgdd.data.prepared import ClassSampler
+    from tgdd.methods import METHODS
     from tgdd.synthetic import load_synthetic
 
-    from .conftest import tiny_config
+    from .conftest import TINY, tiny_config
 
     shutil.copytree(prepared_root / "data", tmp_path / "data")
     steps.experts(tiny_config(tmp_path))
     common = [f"distill.method={method}", "distill.ipc=2", "distill.dsa_strategy=none", "distill.real_batch=1000"]
-    per_class = load_synthetic(steps.distill(tiny_config(tmp_path, *common))[0]).images
-    batched = load_synthetic(steps.distill(tiny_config(tmp_path, *common, "distill.batched_classes=true"))[0]).images
-    initial = load_synthetic(steps.distill(tiny_config(tmp_path, *common, "distill.iterations=0"))[0]).images
+
+    def images(*more: str) -> torch.Tensor:
+        return load_synthetic(steps.distill(tiny_config(tmp_path, *common, *more))[0]).images
+
+    num_classes = get_dataset("digits").num_classes
+    steps_per_phase = num_classes if METHODS.get(method).image_update == "per-class" else 1
+    # every SGD update of the pass moves every pixel (momentum), plus the conversions into and out of
+    # the space the images are optimised in
+    updates = TINY["distill"]["iterations"] * phases * steps_per_phase + 2
+
+    def scale(*results: torch.Tensor) -> float:
+        """The largest value rounded; + 1 for the mean that a normalised space adds back (DM)."""
+        return float(torch.stack(results).abs().max()) + 1
+
+    # float64: the real proof (the trajectories stay float32, loaded into float64 networks)
+    with monkeypatch.context() as patch:
+        pixels = ClassSampler.pixels
+        patch.setattr(ClassSampler, "pixels", lambda self, c, at: pixels(self, c, at).to(torch.float64))
+        torch.set_default_dtype(torch.float64)
+        try:
+            per_class, batched = images(), images("distill.batched_classes=true")
+        finally:
+            torch.set_default_dtype(torch.float32)
+    assert per_class.dtype == torch.float64
+    assert (per_class - batched).abs().max() <= _rounding_bound(torch.float64, updates, scale(per_class, batched))
+
+    # float32, as distillation runs
+    per_class = images()
+    with _classes_near_a_relu_kink(num_classes, KINK_REACH) as near_kink:
+        batched = images("distill.batched_classes=true")
+    initial = images("distill.iterations=0")
     assert (per_class - initial).abs().max() > 1e-3  # the images did move
-    assert torch.allclose(per_class, batched, atol=1e-5)
+    diff = (per_class - batched).abs().view(num_classes, -1).amax(1)
+    checked = [c for c in range(num_classes) if c not in near_kink]
+    assert checked, "every class had a pre-activation at a ReLU kink: nothing to compare in float32"
+    bound = _rounding_bound(torch.float32, updates, scale(per_class, batched))
+    assert diff[checked].max() <= bound, (diff, sorted(near_kink))
 
 
 def test_segment_mean_is_the_mean_per_group():

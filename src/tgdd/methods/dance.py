@@ -83,7 +83,8 @@ class DANCE(MatchingMethod):
         traj = ctx.trajectories
         gen = ctx.gen
         i = int(torch.randint(len(traj.snapshots), (1,), generator=gen, device=gen.device))
-        lam = float(torch.rand((), generator=gen, device=gen.device))
+        # float32 whatever torch's default dtype: the same lambda (and generator state) in a float64 run
+        lam = float(torch.rand((), generator=gen, device=gen.device, dtype=torch.float32))
         start, end = traj.snapshots[i][0], traj.snapshots[i][traj.epochs]
         extractor, expert = nets
         extractor.load_state_dict(interpolate_state(start, end, lam))

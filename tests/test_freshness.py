@@ -152,3 +152,13 @@ def test_artifacts_of_the_old_semantics_are_stale(copy):
         "distill.init (resolved): 'real' -> 'mix'" in reason
         and "distill.tgdd.alpha (resolved): (none) -> 2.5" in reason
     )
+
+
+def test_batched_classes_is_how_a_set_is_made_not_what_it_is(done):
+    """distill.batched_classes: the same update (tests/test_methods.py), an execution choice recorded
+    in the set ("auto" on this CPU: per class), never a reason to redistill."""
+    from tgdd.synthetic import load_synthetic_meta
+
+    meta = load_synthetic_meta(paths.synthetic_file(cell(done, "tgdd")))
+    assert meta["settings"]["batched_classes"] == "auto" and meta["execution"] == {"batched_classes": False}
+    assert planned(done, "distill.batched_classes=true") == {("report", ""): "always"}

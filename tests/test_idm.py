@@ -156,7 +156,8 @@ def _ctx(own: IDMSettings, **changes) -> SimpleNamespace:
 def _shared(ctx: SimpleNamespace) -> dict:
     space = Space(True, ctx.train.mean, ctx.train.std)
     batches = TrainingBatches(ctx.sampler, ctx.settings.of(IDMSettings).net_batch, space.mean, space.std)
-    return {"augment": DiffAugment(ctx.settings.dsa_strategy, "dsa"), "space": space, "batches": batches}
+    augment = DiffAugment(ctx.settings.dsa_strategy, "dsa")
+    return {"augment": augment, "space": space, "batches": batches, "batched": ctx.settings.batched_classes is True}
 
 
 def _params(member: QueueNet) -> list[torch.Tensor]:

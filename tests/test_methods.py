@@ -2,6 +2,7 @@
 
 import contextlib
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,8 +10,9 @@ import torch.nn.functional as F
 
 from tgdd.config import build_config
 from tgdd.data.registry import get_dataset
+from tgdd.errors import TgddError
 from tgdd.methods import resolve_settings
-from tgdd.methods.matching import class_loss, mmd_loss, sample_stages
+from tgdd.methods.matching import batched_classes, class_loss, mmd_loss, sample_stages
 from tgdd.models import build_model
 
 
@@ -264,3 +266,25 @@ def test_compiled_networks_give_the_eager_update(prepared_root, tmp_path):
     compiled = load_synthetic(steps.distill(tiny_config(tmp_path, *common, "distill.compile=true"))[0])
     assert compiled.meta["settings"]["compile"] is True
     assert torch.allclose(eager.images, compiled.images, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("choice", "device", "batch_norm", "expected"),
+    [
+        ("auto", "cpu", False, False),
+        ("auto", "cuda", False, True),
+        ("auto", "cuda", True, False),  # batch norm would mix the classes' statistics: per class
+        (True, "cpu", False, True),
+        (False, "cuda", False, False),
+    ],
+)
+def test_batched_classes_auto_decides_by_device_and_records_it(choice, device, batch_norm, expected):
+    ctx = SimpleNamespace(settings=SimpleNamespace(batched_classes=choice), device=torch.device(device), execution={})
+    assert batched_classes(ctx, batch_norm, "convnet-3") is expected
+    assert ctx.execution == {"batched_classes": expected}
+
+
+def test_batched_classes_asked_for_with_batch_norm_is_refused():
+    ctx = SimpleNamespace(settings=SimpleNamespace(batched_classes=True), device=torch.device("cpu"), execution={})
+    with pytest.raises(TgddError, match="batch norm would mix"):
+        batched_classes(ctx, True, "convnet-3-bn")

@@ -81,6 +81,7 @@ def run_distillation(
         "config": config_dict(cfg),
         "inputs": inputs,
         **({"extra": output.extra} if output.extra else {}),  # what the method learned besides images
+        **({"execution": ctx.execution} if ctx.execution else {}),  # how, where the settings left it open
         **provenance(str(device), timestamp=False),
     }
     out_dir = paths.synthetic_dir(cfg)

@@ -21,8 +21,10 @@ from tgdd.config import Config, flatten, is_imported_method
 
 _ABSENT = object()
 
-# Keys that change how a step runs, not what it makes: never a reason to redo it.
-NOT_RESULT_KEYS = {"checkpoint_every"}
+# Keys that change how a step runs, not what it makes: never a reason to redo it. batched_classes:
+# the same update as per class (docs/fidelity.md), an execution choice like the device ("auto" decides
+# by device), so a set distilled batched on a GPU is not stale where a CPU would run it per class.
+NOT_RESULT_KEYS = {"checkpoint_every", "batched_classes"}
 
 
 def resolved_experts(cfg: Config, recipe: str = "tgdd") -> dict[str, Any]:

@@ -49,6 +49,7 @@ from tgdd.methods.matching import (
     Terms,
     _class_ids,
     add_terms,
+    batched_classes,
     mmd_loss,
     run_phase,
     segment_mean,
@@ -366,7 +367,7 @@ class IDM:
             with matching_mode(member.net) as net:
                 view = Iteration(ctx, state.real, shared["augment"], shared["space"], net, None)
                 phase = idm_phase(view, member.accuracy(), own.ce_weight)
-                totals.append(run_phase(state.images, phase, s.image_update, s.batched_classes))
+                totals.append(run_phase(state.images, phase, s.image_update, shared["batched"]))
         for index in queue.draw(own.fetch_net_num, gen):
             queue.train(index, shared["batches"], gen)
         return functools.reduce(add_terms, totals)
@@ -384,6 +385,8 @@ class IDM:
             "augment": DiffAugment(s.dsa_strategy, s.augment_semantics),
             "space": space,
             "batches": TrainingBatches(ctx.sampler, s.of(IDMSettings).net_batch, space.mean, space.std),
+            # the queue's networks match in eval mode: batch norm uses running statistics, no class mixes
+            "batched": batched_classes(ctx, False, self.arch(ctx)),
         }
         progress = tqdm(
             total=s.iterations, initial=state.iteration, desc=f"distill {s.method}", disable=not ctx.progress

@@ -305,6 +305,22 @@ def matching_phase(it: Iteration, alpha: float) -> Phase:
     return Phase(one, batched)
 
 
+def batched_classes(ctx: DistillContext, mixes_statistics: bool, arch: str) -> bool:
+    """Whether the classes run in one forward pass (``distill.batched_classes``; ``auto``: on CUDA,
+    where it is 2.7x faster, unless the matching network's batch norm would mix the classes' batch
+    statistics: ``mixes_statistics``), recorded in ``ctx.execution``. Asked for explicitly where it
+    would mix them, it is an error."""
+    choice = ctx.settings.batched_classes
+    if choice is True and mixes_statistics:
+        raise TgddError(
+            f"distill.batched_classes with {arch}: its batch norm would mix the classes' batch statistics "
+            "(set distill.batched_classes=false or auto)"
+        )
+    batched = choice is True or (choice == "auto" and ctx.device.type == "cuda" and not mixes_statistics)
+    ctx.execution["batched_classes"] = batched
+    return batched
+
+
 class MatchingMethod:
     """The distribution-matching loop; subclasses choose the networks (and may add phases after
     the matching pass, as DANCE's calibration)."""
@@ -342,12 +358,7 @@ class MatchingMethod:
         augment = DiffAugment(s.dsa_strategy, s.augment_semantics)
         arch = self.arch(ctx)
         nets = tuple(_frozen(build_model(arch, channels, size, num_classes).to(device)) for _ in range(2))
-        batched = s.batched_classes or self.joint_classes
-        if s.batched_classes and not self.joint_classes and has_batch_norm(nets[0]):
-            raise TgddError(
-                f"distill.batched_classes with {arch}: its batch norm would mix the classes' batch statistics "
-                "(set distill.batched_classes=false)"
-            )
+        batched = self.joint_classes or batched_classes(ctx, has_batch_norm(nets[0]), arch)
         if s.compile:
             nets = tuple(_compiled(net) for net in nets)
         progress = tqdm(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -131,14 +133,41 @@ def test_gpu_budget_counts_scale_with_the_config(tmp_path, monkeypatch):
     assert more_experts["experts"] == pytest.approx(2 * base["experts"])
 
 
-def test_gpu_check_counts_flops_and_refuses_without_cuda(monkeypatch, capsys):
+def test_gpu_check_counts_flops_and_runs_the_cpu_side_without_cuda(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
     import gpu_check
 
     assert 0 < gpu_check.iteration_flops(10, 1) < gpu_check.iteration_flops(10, 10) < gpu_check.iteration_flops(100, 10)
     if not gpu_check.torch.cuda.is_available():
-        monkeypatch.setattr(sys, "argv", ["gpu_check.py"])
-        assert gpu_check.main() == 1 and "no CUDA device" in capsys.readouterr().out
+        monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--out", str(tmp_path)])
+        assert gpu_check.main() == 0  # the CPU side ran and a repeat of its pass agreed
+        assert "GPU side skipped: no CUDA device" in capsys.readouterr().out
+        report = (tmp_path / "gpu_check_cpu.md").read_text()
+        assert report.count("| yes |") == 4 and "| NO |" not in report
+
+
+def test_gpu_check_pass_leaves_the_shared_inputs_untouched(monkeypatch):
+    """A pass builds its own leaves: on the CPU ``.to("cpu")`` returns the shared tensor itself, so marking it
+    as requiring grad leaked into the next pass (on CUDA: a non-leaf copy whose ``.grad`` stayed None)."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import gpu_check
+    import torch
+
+    case = gpu_check.tiny_case()
+    shared = {"real": case.real, "syn": case.syn, "mean": case.mean, "std": case.std}
+    shared |= {f"drawn {i}": v for i, v in enumerate(case.drawn.values)}
+    before = {name: t.clone() for name, t in shared.items()}
+    weights = {name: p.clone() for name, p in case.extractor.named_parameters()}
+    first = gpu_check.run_pass(case, torch.device("cpu"))
+    for name, tensor in shared.items():
+        assert tensor.is_leaf and not tensor.requires_grad and tensor.grad is None, name
+        assert torch.equal(tensor, before[name]), name
+    for model in (case.extractor, case.expert):
+        assert all(p.grad is None and p.device.type == "cpu" for p in model.parameters())
+    assert all(torch.equal(p, weights[name]) for name, p in case.extractor.named_parameters())
+    second = gpu_check.run_pass(case, torch.device("cpu"))  # the same inputs give the same pass
+    assert first[-1].abs().max() > 0  # an image gradient came back
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
 
 @pytest.mark.slow
@@ -155,3 +184,54 @@ def test_mtt_memory_quick_run_measures_a_peak_that_grows_with_the_steps(tmp_path
     assert 0 < float(two["peak_mib"]) < float(six["peak_mib"])  # the unroll's graph grows with the steps
     assert float(two["seconds_per_iteration"]) > 0
     assert "Linear in syn_steps x batch_syn" in (tmp_path / "mtt_memory_cpu_quick.md").read_text()
+
+
+def _gpu_cell(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Run benchmarks/gpu_cell.sh with this interpreter's tgdd, the report under ``tmp_path/out``."""
+    out = tmp_path / "out"
+    knobs = {"TGDD": f"{sys.executable} -m tgdd.cli", "PY": sys.executable, "DEVICE": "cpu", "EXTRA": "", **env}
+    command = ["bash", str(SCRIPT.with_name("gpu_cell.sh")), "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, **knobs})
+    return done, out / "gpu_cell_cpu.md"
+
+
+@pytest.mark.slow
+def test_gpu_cell_rehearsal_on_digits_writes_the_report(tmp_path):
+    """benchmarks/gpu_cell.sh at a tiny scale on the CPU: the four tgdd steps run and are timed, and the report
+    has every stage, their sum as `total:` and the evaluation's mean ± std as `accuracy:`."""
+    tiny = {"DATASET": "digits", "IPC": "1", "TRAJECTORIES": "1", "EPOCHS": "1", "ITERATIONS": "2", "RUNS": "1"}
+    tiny |= {"EVAL_EPOCHS": "1", "RESULTS": str(tmp_path / "run")}
+    tiny["EXTRA"] = "experts.arch=convnet-2-w16 evaluate.archs=[convnet-2-w16] threads=1"  # seconds, not minutes
+    done, report = _gpu_cell(tmp_path, **tiny)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = report.read_text()
+    seconds = {}
+    for stage in ("prepare", "experts", "distill", "evaluate"):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {stage} | `tgdd {stage}` |"))
+        seconds[stage] = float(row.split("|")[3])
+        assert seconds[stage] > 0
+    total = next(line for line in text.splitlines() if line.startswith("total: "))
+    assert total.endswith(" s") and float(total.split()[1]) == pytest.approx(sum(seconds.values()), abs=0.2)
+    record = json.loads(next((tmp_path / "run" / "results" / "eval").rglob("convnet-2-w16__tgdd.json")).read_text())
+    assert record["runs"] == 1 and record["protocol_settings"]["epochs"] == 1
+    assert f"accuracy: {record['mean']:.2f} ± {record['std']:.2f} % (convnet-2-w16" in text
+    assert "- hardware: cpu: " in text and "device cpu" in text and "published DANCE at this cell: none" in text
+    assert "86.3" in text  # the paper cell's number, labelled as not this run's
+
+
+def test_gpu_cell_stage_timeout_still_writes_the_report(tmp_path):
+    """A stage past its own timeout stops the run with status 124, and the report says so."""
+    done, report = _gpu_cell(tmp_path, DATASET="digits", PREPARE_TIMEOUT="0.05")
+    assert done.returncode == 124, done.stderr[-3000:]
+    text = report.read_text()
+    assert "| prepare (failed: exit 124) |" in text and "failed: prepare (timed out: its limit is 0.05 s)" in text
+    assert "accuracy: none" in text and "| experts" not in text
+
+
+def test_gpu_cell_report_labels_the_published_dance_number(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import gpu_cell_report
+
+    assert gpu_cell_report.published("dance", "fashion_mnist", 10) == 86.3
+    line = gpu_cell_report.reference_line("fashion_mnist", 10)
+    assert line.startswith("published DANCE at this cell (fashion_mnist IPC 10") and line.endswith("86.3 %")

@@ -7,6 +7,7 @@ libraries are imported only by the step that runs, so ``tgdd --help`` starts fas
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from tgdd.config import Config
 
 STEPS = {
@@ -31,7 +34,8 @@ INTERCHANGE = {
 }
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``tgdd`` parser and each step's own parser (by step name)."""
     parser = argparse.ArgumentParser(
         prog="tgdd",
         description="Trajectory Guided Dataset Distillation (TGDD) and its baselines, reproducibly.",
@@ -55,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--config", type=Path, default=None)
     show.add_argument("overrides", nargs="*", metavar="key=value")
     sub.add_parser("list", help="list data sets, models, methods and protocols")
-    return parser
+    return parser, dict(sub.choices)
 
 
 def _interchange_parsers(sub: argparse._SubParsersAction) -> None:
@@ -145,14 +149,54 @@ def _run(args: argparse.Namespace) -> int:
     kwargs = {"dry_run": True} if getattr(args, "dry_run", False) else {}
     if args.step == "experts":
         kwargs = {"index": args.index, "gather": args.gather, "recipe": args.recipe}
-    written = _interchange(args, cfg) if args.step in INTERCHANGE else getattr(steps, args.step)(cfg, **kwargs)
+    with _no_progress_bars() if args.quiet else contextlib.nullcontext():
+        written = _interchange(args, cfg) if args.step in INTERCHANGE else getattr(steps, args.step)(cfg, **kwargs)
     for path in written:
         print(f"wrote {path}")
     return 0
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, each step's options, files and ``key=value`` overrides in any order.
+
+    argparse's plain parsing ends a step's positionals at the first option after them, so that
+    ``import-synthetic --format dc FILE --name x dataset=cifar10`` would leave ``dataset=cifar10``
+    unrecognised; ``parse_intermixed_args`` collects the positionals around the options, but
+    cannot parse through subparsers: the step is picked here, its own parser parses the rest.
+    """
+    parser, steps = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in steps:  # no step, --help, or an unknown step: argparse's own message
+        return parser.parse_args(argv)
+    args = steps[argv[0]].parse_intermixed_args(argv[1:])
+    args.step = argv[0]
+    return args
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """``-q``: no progress bars either, while the step runs. The log level silences logging only; the
+    bars are tqdm's, which the steps create with their own ``disable`` argument (``disable=not
+    progress``, which nothing here reaches), so tqdm's constructor is made to force ``disable=True``
+    (every tqdm class derives from ``tqdm.std.tqdm``), and restored after the step."""
+    from tqdm import std
+
+    original = std.tqdm.__dict__["__init__"]  # as the class holds it (tqdm wraps it: TQDM_* variables)
+    init = std.tqdm.__init__
+
+    def quiet_init(self, *args, **kwargs) -> None:
+        kwargs["disable"] = True
+        init(self, *args, **kwargs)
+
+    std.tqdm.__init__ = quiet_init  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        std.tqdm.__init__ = original  # type: ignore[method-assign]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     from tgdd.errors import TgddError
 
     try:

@@ -15,6 +15,7 @@ laptop); :func:`load_method` imports the implementation when a method actually r
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from tgdd.data.prepared import ClassSampler, PreparedSplit
 
 from tgdd.data.registry import DatasetSpec
+
+log = logging.getLogger(__name__)
 
 
 class MethodSettings(BaseModel):
@@ -79,7 +82,7 @@ class DistillSettings:
     max_syn_per_class: int
     dsa_strategy: str
     augment_semantics: str
-    batched_classes: bool
+    batched_classes: bool | str  # or "auto": decided where the device is known (matching.batched_classes)
     compile: bool
     log_every: int
     checkpoint_every: int
@@ -88,12 +91,16 @@ class DistillSettings:
     image_space: str
     real_batches: str
     own: dict[str, Any] = field(default_factory=dict)
+    # the row of the method's published table its defaults were taken from, when the authors published none
+    # at this IPC (MTT, IDM: {"dataset": "cifar10", "ipc": 10} at IPC 7); None: the IPC's own row or no table
+    published_row: dict[str, Any] | None = None
 
     def record(self) -> dict[str, Any]:
         """The resolved settings as plain data, the method's own under its name (``tgdd: {alpha: ...}``):
-        what a synthetic set stores as ``meta["settings"]`` and what freshness checks compare."""
-        shared = asdict(self)
-        return {**{k: v for k, v in shared.items() if k != "own"}, self.method: dict(self.own)}
+        what a synthetic set stores as ``meta["settings"]`` and what freshness checks compare.
+        ``published_row`` appears only when set, so that every other cell's record stays as it was."""
+        shared = {k: v for k, v in asdict(self).items() if k != "own" and not (k == "published_row" and v is None)}
+        return {**shared, self.method: dict(self.own)}
 
     def of(self, kind: type[S]) -> S:
         """The method's own settings as their typed section."""
@@ -115,6 +122,9 @@ class DistillContext:
     trajectories: Any = None  # tgdd.experts.Trajectories for methods that need them
     checkpoint: Any = None  # tgdd.checkpoint.Checkpointer for resumable methods
     progress: bool = True
+    # how the run was executed where the settings leave it open (batched_classes under "auto"):
+    # filled by the method, stored as the synthetic set's meta["execution"]
+    execution: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -161,6 +171,9 @@ class MethodCard:
     image_update: str = "per-class"  # a key of IMAGE_UPDATES
     image_space: str = "pixels"  # a key of IMAGE_SPACES
     real_batches: str = "epochs"  # a key of tgdd.data.prepared.REAL_BATCHES ('epochs' or 'fresh')
+    # (ipc, data set) -> (data set, IPC) of the published row its defaults come from, for a method whose
+    # defaults are a table of the authors' settings per data set and IPC (MTT, IDM); None: rules, no table
+    published_row: Callable[[int, DatasetSpec], tuple[str, int]] | None = None
 
 
 def tgdd_defaults(ipc: int, spec: DatasetSpec) -> dict[str, Any]:
@@ -333,12 +346,23 @@ _IDM_COMMANDS: dict[tuple[str, int], dict[str, Any]] = {
 }
 
 
-def idm_command(ipc: int, spec: DatasetSpec) -> dict[str, Any]:
-    """The command.txt row IDM publishes for this data set and IPC: its data set's (CIFAR-10's for a data
-    set it has no command for), at the smallest published IPC >= ``ipc`` (50 above 50)."""
+def published_ipc(published: Iterable[int], ipc: int) -> int:
+    """The row of a table published at the IPCs ``published`` that serves ``ipc``: the smallest published IPC
+    >= ``ipc``, the largest above them all (the authors' settings for the nearest larger set)."""
+    rows = sorted(published)
+    return next((p for p in rows if ipc <= p), rows[-1])
+
+
+def idm_row(ipc: int, spec: DatasetSpec) -> tuple[str, int]:
+    """(data set, IPC) of the command.txt row that serves this data set and IPC: its data set's (CIFAR-10's
+    for a data set IDM has no command for), at :func:`published_ipc`."""
     dataset = spec.name if spec.name in ("cifar100", "tinyimagenet") else "cifar10"
-    row = next((p for p in (1, 10, 50) if ipc <= p), 50)
-    return _IDM_COMMANDS[(dataset, row)]
+    return dataset, published_ipc((i for d, i in _IDM_COMMANDS if d == dataset), ipc)
+
+
+def idm_command(ipc: int, spec: DatasetSpec) -> dict[str, Any]:
+    """The command.txt row IDM publishes for this data set and IPC (:func:`idm_row`)."""
+    return _IDM_COMMANDS[idm_row(ipc, spec)]
 
 
 class IDMSettings(MethodSettings):
@@ -441,6 +465,7 @@ METHODS.add(
         image_update="per-class",
         image_space="normalised",
         real_batches="fresh",
+        published_row=idm_row,
     ),
 )
 
@@ -476,17 +501,20 @@ _MTT_TABLE: dict[tuple[str, int], dict[str, Any]] = {
 }  # fmt: skip
 
 
-def mtt_row(ipc: int, spec: DatasetSpec) -> dict[str, Any]:
-    """The published MTT row for this data set and IPC: its data set's (the 128 px ImageNet subsets share one;
-    CIFAR-10's for a data set MTT publishes nothing for: Fashion-MNIST, MNIST, SVHN, digits), at the smallest
-    published IPC >= ``ipc`` (the largest above it)."""
+def mtt_row_key(ipc: int, spec: DatasetSpec) -> tuple[str, int]:
+    """(data set, IPC) of the published MTT row that serves this data set and IPC: its data set's (the 128 px
+    ImageNet subsets share one; CIFAR-10's for a data set MTT publishes nothing for: Fashion-MNIST, MNIST, SVHN,
+    digits), at :func:`published_ipc` (the smallest published IPC >= ``ipc``, the largest above it)."""
     if spec.name in ("cifar100", "tinyimagenet"):
         dataset = spec.name
     else:
         dataset = "imagenet-subsets" if spec.image_size >= 128 else "cifar10"
-    published = sorted(i for d, i in _MTT_TABLE if d == dataset)
-    row = next((p for p in published if ipc <= p), published[-1])
-    return _MTT_TABLE[(dataset, row)]
+    return dataset, published_ipc((i for d, i in _MTT_TABLE if d == dataset), ipc)
+
+
+def mtt_row(ipc: int, spec: DatasetSpec) -> dict[str, Any]:
+    """The published MTT row for this data set and IPC (:func:`mtt_row_key`)."""
+    return _MTT_TABLE[mtt_row_key(ipc, spec)]
 
 
 class MTTSettings(MethodSettings):
@@ -578,6 +606,7 @@ METHODS.add(
         expert_recipe="mtt",
         image_update="summed",
         image_space="normalised",
+        published_row=mtt_row_key,
     ),
 )
 
@@ -619,7 +648,31 @@ def resolve_settings(cfg: Config, spec: DatasetSpec | None = None) -> DistillSet
     if missing:
         raise TgddError(f"method '{cfg.distill.method}' has no default for {missing}; set them in the config")
     mechanisms = {"image_update": card.image_update, "image_space": card.image_space, "real_batches": card.real_batches}
-    return DistillSettings(**chosen, **mechanisms, own=own)
+    row = unpublished_ipc_row(cfg.distill.method, cfg.distill.ipc, spec)
+    return DistillSettings(**chosen, **mechanisms, own=own, published_row=row)
+
+
+_TOLD: set[tuple[str, str, int]] = set()  # (method, data set, IPC) whose row substitution was logged
+
+
+def unpublished_ipc_row(method: str, ipc: int, spec: DatasetSpec) -> dict[str, Any] | None:
+    """The published row ``method``'s defaults come from when its authors published none at ``ipc``
+    (``{"dataset": "cifar10", "ipc": 10}`` for MTT at IPC 7), else None. Said once per process in the log, as a
+    warning: the row decides settings such as MTT's syn_steps and image lr, IDM's real batch."""
+    card = METHODS.get(method)
+    if card.published_row is None:
+        return None
+    dataset, row_ipc = card.published_row(ipc, spec)
+    if row_ipc == ipc:
+        return None
+    if (method, spec.name, ipc) not in _TOLD:
+        _TOLD.add((method, spec.name, ipc))
+        log.warning(
+            "%s: its authors published no settings at IPC %d: the defaults from their table are the %s IPC %d "
+            "row's (recorded as published_row in the synthetic set's settings)",
+            method, ipc, dataset, row_ipc,
+        )  # fmt: skip
+    return {"dataset": dataset, "ipc": row_ipc}
 
 
 def checks_config(method: str) -> bool:

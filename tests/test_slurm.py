@@ -84,6 +84,9 @@ def test_every_job_is_a_slurm_job(slurm_project):
         wants_gpu = re.search(r"rule_(\w+)/", log).group(1) in GPU_RULES
         assert (state.get("TresPerJob") == "gres:gpu:1") == wants_gpu, (log, state)  # requested
         assert (state.get("JOB_GRES") == "gpu:1") == wants_gpu, (log, state)  # allocated
+        # Sized from the cell's work (tgdd.cost), not by data set: tiny jobs ask for minutes.
+        hours, minutes, _ = (int(x) for x in state["TimeLimit"].split(":"))
+        assert 5 <= 60 * hours + minutes <= 15 or "rule_tgdd_report/" in log, (log, state["TimeLimit"])
     assert rules == set(JOB_RULES)
     for rule in JOB_RULES:
         assert list((project / ".snakemake" / "slurm_logs" / f"rule_{rule}").rglob("*.log")), rule

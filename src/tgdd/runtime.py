@@ -37,15 +37,31 @@ def seeded_init(seed: int):
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device of ``device``: ``auto`` is CUDA when torch sees a GPU, else the CPU. A CUDA
+    device that is not there is an error at once (a GPU preset must not train on a CPU thread for
+    days because its job was not granted a GPU), naming what torch sees and the two ways out."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise TgddError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TgddError(f"device '{name}' requested but CUDA is not available")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise TgddError(
+                f"device={name}, but torch sees {count} CUDA device{'' if count == 1 else 's'} "
+                f"({cuda_context()}): run this step where it gets a GPU (on SLURM: a GPU partition, "
+                "TGDD_SLURM_PARTITION) or pass device=cpu (or device=auto, which falls back to the CPU)"
+            )
     return device
+
+
+def cuda_context() -> str:
+    """What decides whether torch sees a GPU: its CUDA build and CUDA_VISIBLE_DEVICES."""
+    build = f"torch {torch.__version__}, CUDA build {torch.version.cuda}" if torch.version.cuda else "a CPU-only torch"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return build + ("" if visible is None else f", CUDA_VISIBLE_DEVICES={visible!r}")
 
 
 def configure_threads(threads: int | None) -> None:

@@ -49,8 +49,22 @@ if workflow.config_settings.config:
     )
 CONFIGFILE = str(workflow.overwrite_configfiles[-1] if workflow.overwrite_configfiles else DEFAULT_CONFIGFILE)
 
-# Structural check against the schema generated from tgdd.config.Config (the committed one; with
-# TGDD_PLUGINS, whose methods add settings sections, the live one, written next to Snakemake's state) ...
+
+# The full check by tgdd itself first (names of data sets, models, methods; per_dataset): a typo gets
+# the CLI's one line with a suggestion ("unknown config key 'distill.ipcs' (distill). Did you mean
+# 'ipc'?"), where the schema's check below would print the whole schema ...
+def _load(overrides=()):
+    try:
+        return load_config(Path(CONFIGFILE), list(overrides))
+    except TgddError as exc:
+        raise WorkflowError(f"{CONFIGFILE} {' '.join(overrides)}".rstrip() + f": {exc}") from None
+
+
+BASE = _load()
+
+# ... then the structural check against the schema generated from tgdd.config.Config (the committed one;
+# with TGDD_PLUGINS, whose methods add settings sections, the live one, written next to Snakemake's state):
+# what tgdd accepted passes it, unless the committed schema is stale (tests/test_workflow.py checks that).
 SCHEMA = "../schemas/config.schema.json"
 if plugin_modules():
     from tgdd.config import Config
@@ -64,17 +78,6 @@ if plugin_modules():
 validate(yaml.safe_load(Path(CONFIGFILE).read_text()) or {}, SCHEMA)
 
 
-# ... and the full check (names of data sets, models, methods; per_dataset) by tgdd itself.
-def _load(overrides=()):
-    try:
-        return load_config(Path(CONFIGFILE), list(overrides))
-    except TgddError as exc:
-        raise WorkflowError(f"{CONFIGFILE} {' '.join(overrides)}: {exc}") from None
-
-
-BASE = _load()
-
-
 # ---------------------------------------------------------------------------------------------
 # One job = one cell of the matrix = one Config: the config file plus the job's wildcards as
 # overrides, built exactly as `tgdd STEP --config FILE overrides` builds it (per_dataset
@@ -83,6 +86,7 @@ BASE = _load()
 WILDCARD_KEYS = {  # wildcard -> config key, in the order the overrides are passed
     "dataset": "dataset",
     "seed": "seed",
+    "experts_seed": "experts.seed",
     "experts_arch": "experts.arch",
     "method": "distill.method",
     "ipc": "distill.ipc",
@@ -153,6 +157,7 @@ def _alternatives(names):
 wildcard_constraints:
     dataset=_alternatives(DATASETS),
     seed=r"\d+",
+    experts_seed=r"\d+",
     experts_arch=_alternatives(dataset_config(d).experts.arch for d in DATASETS),
     method=_alternatives(m for _, _, m, _ in CELLS),
     ipc=r"\d+",
@@ -187,7 +192,7 @@ _P = BASE.model_copy(
     update={
         "dataset": "{dataset}",
         "seed": "{seed}",
-        "experts": BASE.experts.model_copy(update={"arch": "{experts_arch}"}),
+        "experts": BASE.experts.model_copy(update={"arch": "{experts_arch}", "seed": "{experts_seed}"}),
         "distill": BASE.distill.model_copy(update={"method": "{method}", "ipc": "{ipc}"}),
         "evaluate": BASE.evaluate.model_copy(update={"protocol": "{protocol}"}),
     }
@@ -225,7 +230,7 @@ def trajectory_files(cfg, recipe):
             TRAJECTORY,
             paths.trajectory_file(cfg, i, recipe),
             dataset=cfg.dataset,
-            seed=cfg.seed,
+            experts_seed=cfg.experts_seed,
             experts_arch=cfg.experts.arch,
             recipe=recipe,
             index=f"{i:02d}",
@@ -246,7 +251,7 @@ def experts_manifest(cfg, recipe):
         f"{EXPERTS_DIR}/manifest.json",
         paths.experts_dir(cfg, recipe) / "manifest.json",
         dataset=cfg.dataset,
-        seed=cfg.seed,
+        experts_seed=cfg.experts_seed,
         experts_arch=cfg.experts.arch,
         recipe=recipe,
     )
@@ -372,43 +377,64 @@ def resolved(step):
 # ---------------------------------------------------------------------------------------------
 # Resources. Threads: the config's torch threads (Snakemake caps them at --cores, and each rule
 # hands the granted number back to tgdd as threads=N; on SLURM they are --cpus-per-task).
-# Runtime and memory grow with the data set (a per-data-set factor for runtime, the image
-# volume for memory) and with each retry. GPUs: the steps that train networks take one each.
-# On SLURM the executor plugin turns `gpu` into --gpus (a profile's set-resources may refine it,
-# e.g. gpu_model); locally `--resources gpu=N` runs at most N of them at once (without it,
-# Snakemake does not count GPUs, and tgdd uses CUDA when it is there: `device: auto`).
+# Runtime and memory of every job come from its cell's counted work (tgdd.cost: FLOPs and steps of
+# its method, IPC, network and data set; the prepared data and expert snapshots it holds) at the
+# rate measured on an H200, scaled by TGDD_GPU_TFLOPS, doubled for safety; each retry asks for half
+# the estimate more, never beyond TGDD_MAX_RUNTIME_MIN / TGDD_MAX_MEM_MB (the caps the user sets
+# once, in the shell that runs Snakemake). A job whose estimate exceeds a cap stops the planning
+# with one line naming it (workflow/README.md, "Job resources").
+# GPUs: the steps that train networks take one each. On SLURM the executor plugin turns `gpu`
+# into --gpus (a profile's set-resources may refine it, e.g. gpu_model; the CPU-only rules go to
+# TGDD_SLURM_CPU_PARTITION there); locally `--resources gpu=N` runs at most N of them at once.
 # ---------------------------------------------------------------------------------------------
+import os
+
+from tgdd.cost import Limits
+from tgdd.cost import request as cost_request
+
+
 def threads_for(wildcards):
     return dataset_config(wildcards.dataset).threads or 1
 
 
-RUNTIME_FACTOR = {  # relative to digits; the 128 px ImageNet subsets and unknown sets: the default
-    "digits": 1,
-    "mnist": 4,
-    "fashion_mnist": 4,
-    "svhn": 6,
-    "cifar10": 6,
-    "cifar100": 10,
-    "tinyimagenet": 24,
-}
-DEFAULT_RUNTIME_FACTOR = 16
-BASE_RUNTIME_MIN = {"prepare": 10, "experts": 60, "gather": 10, "distill": 60, "evaluate": 30, "report": 10}
-BASE_MEM_MB = {"prepare": 2000, "experts": 4000, "gather": 1000, "distill": 4000, "evaluate": 4000, "report": 1000}
+try:
+    LIMITS = Limits.from_env(os.environ)
+except TgddError as exc:
+    raise WorkflowError(str(exc)) from None
+
 GPUS = {"prepare": 0, "experts": 1, "gather": 0, "distill": 1, "evaluate": 1, "report": 0}
+# The small CPU jobs: the gather (it checksums the trajectory files) and, until sized, the report.
+BASE_RUNTIME_MIN = {"gather": 10, "report": 10}
+BASE_MEM_MB = {"gather": 2000, "report": 1000}
 
 
-def runtime_factor(dataset):
-    return RUNTIME_FACTOR.get(dataset, DEFAULT_RUNTIME_FACTOR)
+@lru_cache(maxsize=None)
+def _request(step, items, recipe):
+    cfg = _cell(items)
+    try:
+        return cost_request(cfg, step, LIMITS, recipe=recipe, gpu=GPUS[step] > 0, threads=cfg.threads or 1)
+    except TgddError as exc:
+        raise WorkflowError(str(exc)) from None
 
 
-def memory_factor(dataset):
-    spec = get_dataset(dataset)
-    return max(1, math.ceil(spec.image_size**2 * spec.channels / (32 * 32 * 3)))
+def job_request(step, wildcards):
+    """The tgdd.cost request of one job (prepare, experts = one trajectory, distill, evaluate)."""
+    items = dict(wildcards.items())
+    return _request(step, overrides(**{k: str(v) for k, v in items.items()}), items.get("recipe"))
 
 
 def runtime_min(step):
-    return lambda wildcards, attempt: BASE_RUNTIME_MIN[step] * runtime_factor(wildcards.dataset) * attempt
+    return lambda wildcards, attempt: job_request(step, wildcards).attempt(attempt, LIMITS)[0]
 
 
 def mem_mb(step):
-    return lambda wildcards, attempt: BASE_MEM_MB[step] * memory_factor(wildcards.dataset) * attempt
+    return lambda wildcards, attempt: job_request(step, wildcards).attempt(attempt, LIMITS)[1]
+
+
+def capped_runtime(step):
+    """A small job's fixed runtime, growing with retries like the others, within the cap."""
+    return lambda wildcards, attempt: min(LIMITS.max_runtime_min, BASE_RUNTIME_MIN[step] * attempt)
+
+
+def capped_mem(step):
+    return lambda wildcards, attempt: min(LIMITS.max_mem_mb, BASE_MEM_MB[step] * attempt)

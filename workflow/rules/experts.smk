@@ -2,7 +2,7 @@
 # herding, MTT's for MTT): shared by every method that needs them (tgdd.methods: needs_trajectories,
 # expert_recipe), whatever the methods and IPCs; the distill jobs of the other methods do not wait for them
 # (distill_inputs in common.smk). One job per trajectory, each its own output file, GPU request,
-# log and benchmark: the N trajectories of a (data set, arch, seed) run at once on N GPUs, and a
+# log and benchmark: the N trajectories of a (data set, arch, experts seed) run at once on N GPUs, and a
 # rerun (after a failure, a time-limit kill or a change) never touches a finished trajectory whose
 # resolved recipe is unchanged; an interrupted one resumes from its epoch checkpoint (not a
 # declared output, so Snakemake keeps it). A small gather job writes the manifest.
@@ -14,9 +14,9 @@ rule tgdd_trajectory:
     output:
         trajectory=TRAJECTORY,
     log:
-        "logs/tgdd_trajectory/{dataset}/{recipe}/{experts_arch}/seed{seed}/trajectory_{index}.log",
+        "logs/tgdd_trajectory/{dataset}/{recipe}/{experts_arch}/seed{experts_seed}/trajectory_{index}.log",
     benchmark:
-        "logs/benchmarks/tgdd_trajectory/{dataset}/{recipe}/{experts_arch}/seed{seed}/trajectory_{index}.tsv"
+        "logs/benchmarks/tgdd_trajectory/{dataset}/{recipe}/{experts_arch}/seed{experts_seed}/trajectory_{index}.tsv"
     conda:
         "../envs/tgdd.yaml"
     threads: threads_for
@@ -40,14 +40,14 @@ rule tgdd_experts:
     output:
         manifest=f"{EXPERTS_DIR}/manifest.json",
     log:
-        "logs/tgdd_experts/{dataset}/{recipe}/{experts_arch}/seed{seed}.log",
+        "logs/tgdd_experts/{dataset}/{recipe}/{experts_arch}/seed{experts_seed}.log",
     conda:
         "../envs/tgdd.yaml"
     threads: 1
     resources:
         gpu=GPUS["gather"],
-        mem_mb=BASE_MEM_MB["gather"],
-        runtime=BASE_RUNTIME_MIN["gather"],
+        mem_mb=capped_mem("gather"),
+        runtime=capped_runtime("gather"),
     params:
         tgdd=TGDD,
         config=TGDD_CONFIG,

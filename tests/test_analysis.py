@@ -1,4 +1,5 @@
-"""Class-overlap metrics on hand-made features, and `analyze` on a tiny digits run."""
+"""Class-overlap metrics on hand-made features, the blockwise pass against the whole distance
+matrix, and `analyze` on a tiny digits run."""
 
 from __future__ import annotations
 
@@ -12,7 +13,17 @@ import pytest
 import torch
 
 from tgdd import paths, steps
-from tgdd.analysis import analyze, class_balance, knn_class_purity, silhouette
+from tgdd.analysis import (
+    analyze,
+    class_balance,
+    embed,
+    knn_class_purity,
+    overlap_metrics,
+    silhouette,
+    tsne_sample,
+)
+from tgdd.models import build_model
+from tgdd.synthetic import decode
 
 from .conftest import tiny_config
 
@@ -98,14 +109,109 @@ def test_analyze_on_tiny_digits(prepared_root: Path, tmp_path: Path, caplog):
 
     assert written == [csv, png]
     table = pd.read_csv(csv)
-    assert list(table.columns) == ["dataset", "method", "ipc", "n_images", "knn_purity", "silhouette", "class_balance"]
+    assert list(table.columns) == [
+        "dataset", "method", "ipc", "n_images", "knn_purity", "silhouette", "class_balance", "tsne_points"
+    ]  # fmt: skip
     assert sorted(table["method"]) == ["random", "real", "tgdd"]
     rows = table.set_index("method")
     assert rows.loc["tgdd", "n_images"] == 10 * 2 * 4  # decoded: ipc x f^2 per class
     assert rows.loc["random", "n_images"] == 10 * 2
     assert rows.loc["real", "n_images"] == 10 * 20 and rows.loc["real", "ipc"] == 20
+    # t-SNE draws at most tsne_points // classes per class of a set (every image when fewer), and
+    # tsne_real_points // classes real ones per class: the column says how many
+    assert rows.loc["tgdd", "tsne_points"] == 10 * 8 and rows.loc["real", "tsne_points"] == 10 * 10
+    small = analyze(cfg, real_per_class=20, tsne_real_points=100, tsne_points=30, block_mb=0.001)
+    assert small == [csv, png]
+    sampled = pd.read_csv(csv).set_index("method")
+    assert sampled.loc["tgdd", "tsne_points"] == 10 * 3 and sampled.loc["random", "tsne_points"] == 10 * 2
+    # the metrics still use every image, and tiny blocks give the same numbers
+    metric_columns = ["n_images", "knn_purity", "silhouette", "class_balance"]
+    pd.testing.assert_frame_equal(sampled[metric_columns], rows[metric_columns])
     assert (table["dataset"] == "digits").all()
     assert table["knn_purity"].between(0, 1).all()
     assert table["silhouette"].between(-1, 1).all()
     assert (table["class_balance"] >= 0).all()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------- blockwise == whole matrix
+
+
+def whole_matrix_purity(x: torch.Tensor, y: torch.Tensor, k: int) -> float:
+    """The definition, from the whole ``torch.cdist`` matrix: each point's min(k, n_c - 1) nearest
+    others by a stable sort (ties in index order), singletons left out."""
+    x = x.double()
+    _, inverse, counts = torch.unique(y, return_inverse=True, return_counts=True)
+    k_point = torch.clamp(counts[inverse] - 1, max=k)
+    dist = torch.cdist(x, x)
+    dist.fill_diagonal_(math.inf)
+    order = torch.sort(dist, dim=1, stable=True).indices
+    fractions = [float((y[order[i, :kk]] == y[i]).double().mean()) for i, kk in enumerate(k_point.tolist()) if kk]
+    return float(torch.tensor(fractions, dtype=torch.float64).mean())
+
+
+BLOCKS_MB = [1e-4, 0.003, 0.02, 1000.0]  # 1 row, a few rows, rows that do not divide n, all rows
+
+
+@pytest.mark.parametrize("block_mb", BLOCKS_MB)
+def test_blockwise_metrics_equal_the_whole_matrix(block_mb):
+    from sklearn.metrics import silhouette_score
+
+    gen = torch.Generator().manual_seed(0)
+    for n, d, classes in [(157, 12, 5), (90, 3, 9)]:
+        x = torch.randn(n, d, generator=gen)
+        y = torch.randint(0, classes, (n,), generator=gen)
+        for k in (1, 5):
+            assert knn_class_purity(x, y, k, block_mb=block_mb) == whole_matrix_purity(x, y, k)
+        assert silhouette(x, y, block_mb=block_mb) == pytest.approx(
+            silhouette_score(x.double().numpy(), y.numpy()), abs=1e-12
+        )
+        fused = overlap_metrics(x, y, 5, block_mb=block_mb)
+        assert fused == {
+            "knn_purity": knn_class_purity(x, y, 5),
+            "silhouette": pytest.approx(silhouette(x, y), abs=1e-14),
+            "class_balance": class_balance(x, y),
+        }
+
+
+@pytest.mark.parametrize("block_mb", BLOCKS_MB)
+def test_ties_are_broken_by_index_order_in_every_block(block_mb):
+    # integer points on a small grid: distances are exact and tied everywhere, so which tied
+    # neighbour counts decides the number; the whole-matrix definition breaks ties by index
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 3, (120, 2), generator=gen).float()
+    y = torch.randint(0, 4, (120,), generator=gen)
+    for k in (1, 2, 5):
+        assert knn_class_purity(x, y, k, block_mb=block_mb) == whole_matrix_purity(x, y, k)
+    from sklearn.metrics import silhouette_score
+
+    assert silhouette(x, y, block_mb=block_mb) == pytest.approx(
+        silhouette_score(x.double().numpy(), y.numpy()), abs=1e-12
+    )
+
+
+def test_tsne_sample_is_seeded_and_bounded_per_class():
+    labels = torch.tensor([0] * 7 + [1] * 2 + [2] * 5)
+    pick = tsne_sample(labels, 3, 0, "tgdd", 10)
+    assert torch.equal(pick, tsne_sample(labels, 3, 0, "tgdd", 10))  # same seed and names, same draw
+    assert torch.equal(pick, pick.sort().values)
+    assert torch.bincount(labels[pick]).tolist() == [3, 2, 3]  # class 1 has only 2: both
+    draws = {tuple(tsne_sample(labels, 3, seed, "tgdd", 10).tolist()) for seed in range(8)}
+    assert len(draws) > 1  # a random draw, not the first images
+    assert tsne_sample(labels, 100, 0).tolist() == list(range(len(labels)))
+
+
+@torch.no_grad()
+def test_embed_decodes_batch_by_batch_like_the_whole_set():
+    model = build_model("convnet-1-w16", 3, 16, 4).eval()
+    gen = torch.Generator().manual_seed(0)
+    stored = torch.rand(5, 3, 16, 16, generator=gen) * 1.4 - 0.2  # outside [0, 1]: clamped after decoding
+    mean, std = torch.full((3,), 0.5), torch.full((3,), 0.25)
+    cpu = torch.device("cpu")
+    whole = embed(model, decode(stored, 2).clamp(0, 1), mean, std, cpu, batch_size=1000)
+    for batch in (4, 7, 1000):  # 1 stored image (4 tiles) a batch, 1 (7 // 4), all
+        torch.testing.assert_close(embed(model, stored, mean, std, cpu, batch_size=batch, factor=2), whole)
+    uint8 = (torch.rand(6, 3, 16, 16, generator=gen) * 255).to(torch.uint8)
+    torch.testing.assert_close(
+        embed(model, uint8, mean, std, cpu, batch_size=4), embed(model, uint8.float() / 255, mean, std, cpu)
+    )

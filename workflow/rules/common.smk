@@ -403,9 +403,9 @@ except TgddError as exc:
     raise WorkflowError(str(exc)) from None
 
 GPUS = {"prepare": 0, "experts": 1, "gather": 0, "distill": 1, "evaluate": 1, "report": 0}
-# The small CPU jobs: the gather (it checksums the trajectory files) and, until sized, the report.
-BASE_RUNTIME_MIN = {"gather": 10, "report": 10}
-BASE_MEM_MB = {"gather": 2000, "report": 1000}
+# The small CPU job: the gather (it checksums the trajectory files); the report is sized in report.smk.
+BASE_RUNTIME_MIN = {"gather": 10}
+BASE_MEM_MB = {"gather": 2000}
 
 
 @lru_cache(maxsize=None)

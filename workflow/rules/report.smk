@@ -2,6 +2,24 @@
 # make it wait for this matrix), incl. metrics.json, the headline accuracies DVC tracks, and the
 # class-overlap analysis, which embeds the synthetic sets with the trained experts: one table
 # across all data sets and one t-SNE figure per analysed data set and IPC (common.smk).
+#
+# Its resources come from the analysis's work (tgdd.analysis_budget): memory is the bound of the
+# largest data set (they are analysed one after the other: the training split read, then each set's
+# decoded images embedded a batch at a time, its exact kNN/silhouette from 256 MiB blocks of the
+# distance matrix, t-SNE on a seeded sample of at most 1,000 images per panel), run time the sum of
+# the data sets' estimates (embedding, distances, t-SNE) at the job's threads, doubled. Retries ask
+# for half the first request more, within TGDD_MAX_RUNTIME_MIN / TGDD_MAX_MEM_MB. The job asks for
+# no GPU (on SLURM it goes to the CPU partition), so it runs the analysis on its CPU threads:
+# device=cpu, also under a GPU preset (device: cuda), which would refuse a node without a GPU.
+from tgdd.analysis_budget import report_request, report_work
+
+REPORT_WORK = report_work(BASE)
+REPORT_THREADS = 8  # CPU threads: torch's for the embedding and the distances, OpenMP's for t-SNE
+REPORT_CAPS = {"max_runtime_min": LIMITS.max_runtime_min, "max_mem_mb": LIMITS.max_mem_mb}
+try:  # a report that cannot fit the caps stops the planning here, with one line
+    report_request(REPORT_WORK, REPORT_THREADS, **REPORT_CAPS)
+except TgddError as exc:
+    raise WorkflowError(str(exc)) from None
 
 
 rule tgdd_report:
@@ -22,16 +40,16 @@ rule tgdd_report:
         "logs/benchmarks/tgdd_report/report.tsv"
     conda:
         "../envs/tgdd.yaml"
-    threads: 1
+    threads: REPORT_THREADS
     resources:
         gpu=GPUS["report"],
-        mem_mb=BASE_MEM_MB["report"],
-        runtime=BASE_RUNTIME_MIN["report"],
+        mem_mb=lambda wildcards, threads, attempt: report_request(REPORT_WORK, threads, attempt, **REPORT_CAPS)[1],
+        runtime=lambda wildcards, threads, attempt: report_request(REPORT_WORK, threads, attempt, **REPORT_CAPS)[0],
     params:
         tgdd=TGDD,
         config=TGDD_CONFIG,
     shell:
-        "{params.tgdd:q} report --config {params.config:q} > {log} 2>&1"
+        "{params.tgdd:q} report --config {params.config:q} threads={threads} device=cpu > {log} 2>&1"
 
 
 import time

@@ -7,7 +7,6 @@ libraries are imported only by the step that runs, so ``tgdd --help`` starts fas
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
@@ -15,8 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from tgdd.config import Config
 
 STEPS = {
@@ -149,8 +146,8 @@ def _run(args: argparse.Namespace) -> int:
     kwargs = {"dry_run": True} if getattr(args, "dry_run", False) else {}
     if args.step == "experts":
         kwargs = {"index": args.index, "gather": args.gather, "recipe": args.recipe}
-    with _no_progress_bars() if args.quiet else contextlib.nullcontext():
-        written = _interchange(args, cfg) if args.step in INTERCHANGE else getattr(steps, args.step)(cfg, **kwargs)
+    # -q: WARNING and above, which also hides the progress bars (tgdd.progress: they are INFO output)
+    written = _interchange(args, cfg) if args.step in INTERCHANGE else getattr(steps, args.step)(cfg, **kwargs)
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -171,28 +168,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = steps[argv[0]].parse_intermixed_args(argv[1:])
     args.step = argv[0]
     return args
-
-
-@contextlib.contextmanager
-def _no_progress_bars() -> Iterator[None]:
-    """``-q``: no progress bars either, while the step runs. The log level silences logging only; the
-    bars are tqdm's, which the steps create with their own ``disable`` argument (``disable=not
-    progress``, which nothing here reaches), so tqdm's constructor is made to force ``disable=True``
-    (every tqdm class derives from ``tqdm.std.tqdm``), and restored after the step."""
-    from tqdm import std
-
-    original = std.tqdm.__dict__["__init__"]  # as the class holds it (tqdm wraps it: TQDM_* variables)
-    init = std.tqdm.__init__
-
-    def quiet_init(self, *args, **kwargs) -> None:
-        kwargs["disable"] = True
-        init(self, *args, **kwargs)
-
-    std.tqdm.__init__ = quiet_init  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        std.tqdm.__init__ = original  # type: ignore[method-assign]
 
 
 def main(argv: list[str] | None = None) -> int:

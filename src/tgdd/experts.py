@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from tgdd.artifacts import content_digest, provenance, read_json, sha256_file, torch_load, torch_save, write_record
 from tgdd.checkpoint import Checkpointer, stop_on_signals
@@ -27,6 +26,7 @@ from tgdd.config import Config
 from tgdd.data.prepared import PreparedSplit
 from tgdd.errors import TgddError
 from tgdd.models import build_model
+from tgdd.progress import bar
 from tgdd.protocols import EXPERT_RECIPES, expert_recipe, expert_settings, num_trajectories
 from tgdd.runtime import derive_seed, generator, numpy_rng, seeded_init
 from tgdd.train import Resumable, accuracy, train_classifier
@@ -241,7 +241,7 @@ def train_experts(
     cfg: Config, out_dir: Path, train: PreparedSplit, test: PreparedSplit, device: torch.device, recipe: str = "tgdd"
 ) -> Path:
     """Every trajectory of ``recipe`` (finished ones are kept, an interrupted one resumes), then the manifest."""
-    for index in tqdm(range(num_trajectories(cfg, recipe)), desc=f"{recipe} trajectories", leave=False):
+    for index in bar(range(num_trajectories(cfg, recipe)), desc=f"{recipe} trajectories", leave=False):
         train_one(cfg, out_dir, index, train, test, device, recipe)
     return gather(cfg, out_dir, recipe)
 

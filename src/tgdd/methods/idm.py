@@ -34,7 +34,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from tgdd.augment import DiffAugment, normalize
 from tgdd.data.prepared import REAL_BATCHES, ClassSampler
@@ -57,6 +56,7 @@ from tgdd.methods.matching import (
 from tgdd.models import build_model
 from tgdd.models.convnet import ConvNet
 from tgdd.models.zoo import FeatureClassifier
+from tgdd.progress import bar
 from tgdd.runtime import seeded_init
 from tgdd.synthetic import initial_images
 
@@ -388,9 +388,7 @@ class IDM:
             # the queue's networks match in eval mode: batch norm uses running statistics, no class mixes
             "batched": batched_classes(ctx, False, self.arch(ctx)),
         }
-        progress = tqdm(
-            total=s.iterations, initial=state.iteration, desc=f"distill {s.method}", disable=not ctx.progress
-        )
+        progress = bar(show=ctx.progress, total=s.iterations, initial=state.iteration, desc=f"distill {s.method}")
         while state.iteration < s.iterations:
             it = state.iteration
             totals = self.iteration(ctx, state, shared)

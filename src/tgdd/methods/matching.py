@@ -14,13 +14,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from tgdd.augment import DiffAugment, normalize
 from tgdd.data.prepared import REAL_BATCHES
 from tgdd.errors import TgddError
 from tgdd.methods import METHODS, DistillContext, DistillOutput, DistillSettings, TGDDSettings, implements
 from tgdd.models import build_model
+from tgdd.progress import bar
 from tgdd.runtime import seeded_init
 from tgdd.synthetic import decode, initial_images
 
@@ -361,9 +361,7 @@ class MatchingMethod:
         batched = self.joint_classes or batched_classes(ctx, has_batch_norm(nets[0]), arch)
         if s.compile:
             nets = tuple(_compiled(net) for net in nets)
-        progress = tqdm(
-            total=s.iterations, initial=state.iteration, desc=f"distill {s.method}", disable=not ctx.progress
-        )
+        progress = bar(show=ctx.progress, total=s.iterations, initial=state.iteration, desc=f"distill {s.method}")
         while state.iteration < s.iterations:
             it = state.iteration
             extractor, expert = self.networks(ctx, nets)

@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
 from tgdd.augment import DiffAugment
 from tgdd.errors import TgddError
 from tgdd.methods import METHODS, DistillContext, DistillOutput, MTTSettings, implements
 from tgdd.methods.matching import ImageState, Space
 from tgdd.models import build_model
+from tgdd.progress import bar
 from tgdd.synthetic import initial_images
 
 LR_MOMENTUM = 0.5  # optimizer_lr = SGD([syn_lr], lr=lr_lr, momentum=0.5), hard-coded (distill.py l. 139)
@@ -275,9 +275,7 @@ class MTT:
         layout = FlatLayout.of(net)
         labels = torch.arange(train.num_classes, device=device).repeat_interleave(s.ipc)  # class-major, fixed
         snapshots = ctx.trajectories.snapshots
-        progress = tqdm(
-            total=s.iterations, initial=state.iteration, desc=f"distill {s.method}", disable=not ctx.progress
-        )
+        progress = bar(show=ctx.progress, total=s.iterations, initial=state.iteration, desc=f"distill {s.method}")
         while state.iteration < s.iterations:
             it = state.iteration
             expert = state.experts.next(ctx.gen)

@@ -3,11 +3,11 @@ test set, under a named protocol. Reports last-epoch accuracy (no selection on t
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from tgdd import paths
 from tgdd.artifacts import provenance, read_json, sha256_file, write_json
@@ -16,10 +16,14 @@ from tgdd.data.prepared import load_prepared
 from tgdd.errors import TgddError
 from tgdd.freshness import resolved_evaluation
 from tgdd.models import build_model
+from tgdd.progress import bar
 from tgdd.protocols import PROTOCOLS, Protocol, TrainSettings, protocol_settings, subset_epochs  # noqa: F401  (re-exported)
 from tgdd.runtime import derive_seed, generator, numpy_rng, seeded_init
+from tgdd.stacked import stack_refusal, train_stacked
 from tgdd.synthetic import load_synthetic, synthetic_digest
 from tgdd.train import accuracy, train_classifier
+
+log = logging.getLogger(__name__)
 
 
 def check_inputs(cfg: Config, meta: dict, syn_path: Path) -> None:
@@ -60,6 +64,25 @@ def check_inputs(cfg: Config, meta: dict, syn_path: Path) -> None:
         )
 
 
+def use_stacking(choice: str, device: torch.device, arch: str, models: list[torch.nn.Module]) -> bool:
+    """Whether the runs of ``arch`` train as one stacked training (``evaluate.stack_runs``).
+
+    Never for one run (today's loop, bit for bit) nor for a network :func:`tgdd.stacked.can_stack`
+    refuses (said in the log). ``auto``: on CUDA (one kernel launch per layer for all runs instead
+    of one per run: evaluation there is launch-bound), never on the CPU, where stacking measured
+    slower on the main job's evaluation (grouped convolutions; ``benchmarks/stacked_eval.py``,
+    ``benchmarks/results/stacked_eval_cpu.md``)."""
+    if choice == "never" or len(models) < 2:
+        return False
+    reason = stack_refusal(models[0])
+    if reason is not None:
+        log.warning("evaluate %s: runs train one after another, not stacked: %s", arch, reason)
+        return False
+    if choice == "always":
+        return True
+    return device.type == "cuda"
+
+
 def evaluate_synthetic(cfg: Config, device: torch.device, progress: bool = True) -> list[Path]:
     """Evaluate the synthetic set of ``cfg`` with every architecture in ``evaluate.archs``."""
     syn_path = paths.synthetic_file(cfg)
@@ -82,22 +105,32 @@ def evaluate_synthetic(cfg: Config, device: torch.device, progress: bool = True)
     written = []
     for arch in cfg.evaluate.archs:
         seeds = [derive_seed(cfg.seed, "evaluate", arch, run) for run in range(cfg.evaluate.runs)]
-        accuracies = []
-        for run, seed in enumerate(tqdm(seeds, desc=f"evaluate {arch}", disable=not progress, leave=False)):
+        models = []
+        for seed in seeds:
             with seeded_init(seed):
-                model = build_model(arch, images.shape[1], images.shape[2], test.num_classes).to(device)
-            train_classifier(
-                model,
-                images,
-                labels,
-                settings,
-                test.mean,
-                test.std,
-                gen=generator(seed, "batches", device=device),
-                rng=numpy_rng(seed, "cutmix"),
-                progress=f"{arch} run {run + 1}/{len(seeds)}" if progress else None,
-            )
-            accuracies.append(100.0 * accuracy(model, test.images, test.labels, test.mean, test.std))
+                models.append(build_model(arch, images.shape[1], images.shape[2], test.num_classes).to(device))
+        gens = [generator(seed, "batches", device=device) for seed in seeds]
+        rngs = [numpy_rng(seed, "cutmix") for seed in seeds]
+        stacked = use_stacking(cfg.evaluate.stack_runs, device, arch, models)
+        if stacked:
+            train_stacked(models, images, labels, settings, test.mean, test.std, gens, rngs,
+                          progress=f"{arch} {len(seeds)} runs stacked" if progress else None)  # fmt: skip
+        else:
+            for run, (model, gen, rng) in enumerate(
+                bar(list(zip(models, gens, rngs, strict=True)), show=progress, desc=f"evaluate {arch}", leave=False)
+            ):
+                train_classifier(
+                    model,
+                    images,
+                    labels,
+                    settings,
+                    test.mean,
+                    test.std,
+                    gen=gen,
+                    rng=rng,
+                    progress=f"{arch} run {run + 1}/{len(seeds)}" if progress else None,
+                )
+        accuracies = [100.0 * accuracy(model, test.images, test.labels, test.mean, test.std) for model in models]
         result = {
             "dataset": cfg.dataset,
             "method": cfg.distill.method,
@@ -111,6 +144,7 @@ def evaluate_synthetic(cfg: Config, device: torch.device, progress: bool = True)
             "runs": len(accuracies),
             "seeds": seeds,
             "accuracies": accuracies,
+            "stacked": stacked,  # runs trained as one stacked training (tgdd.stacked): equal within float rounding
             "mean": float(np.mean(accuracies)),
             "std": float(np.std(accuracies)),
             "std_kind": "population (ddof=0) over runs",

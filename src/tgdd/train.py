@@ -11,11 +11,45 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from tgdd.augment import DiffAugment, cutmix, normalize
 from tgdd.checkpoint import Checkpointer
+from tgdd.progress import bar
 from tgdd.protocols import TrainSettings
+
+
+@dataclass(frozen=True)
+class DrawnBatch:
+    """One network's training batch of one step, augmented and mixed: inputs, both label sets, the
+    kept fraction, and whether CutMix mixed it (when its coin said no: 1.0 and ``y_b = y_a``)."""
+
+    x: torch.Tensor
+    y_a: torch.Tensor
+    y_b: torch.Tensor
+    lam: float
+    mixed: bool
+
+
+def draw_batch(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    idx: torch.Tensor,
+    settings: TrainSettings,
+    augment: DiffAugment,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    gen: torch.Generator,
+    rng: np.random.Generator,
+) -> DrawnBatch:
+    """The batch ``idx`` of one network, with its DSA draws and CutMix taken from ``gen`` and
+    ``rng`` in the order a training step takes them (augment, coin, CutMix): the one draw of
+    :func:`train_classifier` and of the stacked training (:mod:`tgdd.stacked`)."""
+    x = augment(normalize(images[idx], mean, std), gen)
+    y = labels[idx]
+    if settings.cutmix_prob > 0 and rng.random() < settings.cutmix_prob:
+        x, y_a, y_b, lam = cutmix(x, y, rng, settings.cutmix_beta, gen)
+        return DrawnBatch(x, y_a, y_b, lam, mixed=True)
+    return DrawnBatch(x, y, y, 1.0, mixed=False)
 
 
 @dataclass
@@ -69,18 +103,18 @@ def train_classifier(
         first_epoch = saved["epoch"] + 1
     model.train()
     epochs = range(first_epoch, settings.trained_epochs() + 1)
-    for epoch in tqdm(epochs, desc=progress, disable=progress is None, leave=False):
+    for epoch in bar(epochs, show=progress is not None, desc=progress, leave=False):
         order = torch.randperm(n, generator=gen, device=gen.device).to(device)
         for start in range(0, n, settings.batch_size):
-            idx = order[start : start + settings.batch_size]
-            x = augment(normalize(images[idx], mean, std), gen)
-            y = labels[idx]
-            if settings.cutmix_prob > 0 and rng.random() < settings.cutmix_prob:
-                x, y_a, y_b, lam = cutmix(x, y, rng, settings.cutmix_beta, gen)
-                logits = model(x)
-                loss = lam * F.cross_entropy(logits, y_a) + (1 - lam) * F.cross_entropy(logits, y_b)
+            batch = draw_batch(images, labels, order[start : start + settings.batch_size], settings, augment, mean,
+                               std, gen, rng)  # fmt: skip
+            logits = model(batch.x)
+            if batch.mixed:
+                loss = batch.lam * F.cross_entropy(logits, batch.y_a) + (1 - batch.lam) * F.cross_entropy(
+                    logits, batch.y_b
+                )
             else:
-                loss = F.cross_entropy(model(x), y)
+                loss = F.cross_entropy(logits, batch.y_a)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -173,3 +173,19 @@ def test_snakemake_plans_the_experts_once_for_two_seeds(tmp_path):
     project = make_project(tmp_path / "own", tiny_tree(matrix__seeds=[0, 1], experts__seed=None))
     counts = job_counts(snakemake("-n", "--cores", "1", cwd=project).stdout)
     assert counts["tgdd_trajectory"] == 4 and counts["tgdd_experts"] == 2
+
+
+def test_trajectories_of_an_older_tgdd_are_gathered_with_their_content_digest(done, tmp_path):
+    """A finished trajectory written before files carried a content digest is gathered, not retrained:
+    its digest is computed from its snapshots, the same as a new file records."""
+    root = Path(shutil.copytree(done, tmp_path / "copy"))
+    cfg = cell(root, "tgdd", 0)
+    manifest = paths.experts_dir(cfg) / "manifest.json"
+    before = read_json(manifest)["trajectories_sha256"]
+    path = paths.trajectory_file(cfg, 0)
+    blob = torch.load(path, weights_only=True)
+    del blob["content_sha256"]
+    torch_save(path, blob)
+    assert trajectory_header(path)["content_sha256"] is None
+    steps.experts(cfg, gather=True)
+    assert read_json(manifest)["trajectories_sha256"] == before

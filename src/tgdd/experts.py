@@ -208,12 +208,9 @@ def gather(cfg: Config, out_dir: Path, recipe: str = "tgdd") -> Path:
             why = "missing" if header is None else "trained under other settings or data"
             again = f"tgdd experts --recipe {recipe} --index {index}"
             raise TgddError(f"trajectory {path} is {why}: run `tgdd experts --recipe {recipe}` (or `{again}`)")
-        if header["content_sha256"] is None:
-            raise TgddError(f"trajectory {path} was written by an older tgdd (no content digest): delete it and rerun")
+        content = header["content_sha256"] or _content_of(path)  # None: written by an older tgdd
         record = {"file": path.name, "sha256": sha256_file(path), "index": index}
-        records.append(
-            {**record, "content_sha256": header["content_sha256"], "final_test_accuracy": header["final_test_accuracy"]}
-        )
+        records.append({**record, "content_sha256": content, "final_test_accuracy": header["final_test_accuracy"]})
     identity = expected_identity(cfg, train_sha256, recipe)
     manifest = {
         "identity": identity,
@@ -226,6 +223,13 @@ def gather(cfg: Config, out_dir: Path, recipe: str = "tgdd") -> Path:
         **provenance("cpu", timestamp=False),
     }
     return write_record(out_dir / MANIFEST, manifest)
+
+
+def _content_of(path: Path) -> str:
+    """The content digest of a trajectory file written before files carried one (its snapshots
+    read once): finished trajectories of an older tgdd are gathered, not retrained."""
+    blob = torch_load(path, "trajectory file")
+    return content_digest({"identity": blob["identity"], "snapshots": blob["snapshots"]})
 
 
 def manifest_digest(manifest: dict, count: int) -> str | None:

@@ -157,5 +157,7 @@ def test_expert_training_subset_is_class_balanced_and_seeded(prepared_root):
     subset = expert_training_set(cfg, train)
     assert torch.bincount(subset.labels).tolist() == [7] * 10
     assert torch.equal(subset.images, expert_training_set(cfg, train).images)
-    assert not torch.equal(subset.images, expert_training_set(cfg.with_overrides("seed=1"), train).images)
+    assert not torch.equal(subset.images, expert_training_set(cfg.with_overrides("experts.seed=1"), train).images)
+    # the experts' seed, not the run's: distillation seeds share one set of experts
+    assert torch.equal(subset.images, expert_training_set(cfg.with_overrides("seed=1"), train).images)
     assert expert_training_set(tiny_config(prepared_root), train) is train

@@ -213,8 +213,8 @@ def test_each_data_set_gets_its_per_dataset_matrix(tmp_path):
     out = snakemake("-n", "-p", "--cores", "2", cwd=project).stdout  # a dry run needs no MNIST files
     assert job_counts(out) == {
         "tgdd_prepare": 2,
-        "tgdd_trajectory": 4,  # digits x 2 seeds x 2 trajectories; mnist has no method that needs trajectories
-        "tgdd_experts": 2,  # the gathers
+        "tgdd_trajectory": 2,  # digits: 2 trajectories, shared by both seeds (experts.seed); mnist needs none
+        "tgdd_experts": 1,  # the gather
         "tgdd_distill": 2 * 2 + 2 * 2,  # digits: 2 seeds x 2 methods; mnist: 2 seeds x 2 IPCs
         "tgdd_evaluate": 4 * 1 + 4 * 2,
         "tgdd_report": 1,

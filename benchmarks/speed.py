@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tgdd.artifacts import code_version
+from tgdd.artifacts import code_version, cpu_model
 from tgdd.config import Config, build_config
 from tgdd.data.prepared import ClassSampler, PreparedSplit
 from tgdd.data.registry import DatasetSpec, get_dataset
@@ -1004,16 +1004,6 @@ def train_row(task: TrainTask, analysis: Analysis, result: dict) -> Row:
         load_start=result["load_start"], load_end=result["load_end"],
         extra={k: result[k] for k in ("batch_size", "images", "augment", "cutmix_prob")},
     )  # fmt: skip
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def describe_machine(device: torch.device, threads: int) -> dict[str, Any]:

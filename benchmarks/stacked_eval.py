@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from tgdd.artifacts import cpu_model
 from tgdd.config import load_config
 from tgdd.models import build_model
 from tgdd.protocols import protocol_settings
@@ -36,17 +37,6 @@ from tgdd.train import train_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 CELLS = ((1, 40), (10, 400))  # (IPC, decoded images) of the main job's digits sets (factor 2)
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what platform says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def time_runs(arch: str, images: torch.Tensor, labels: torch.Tensor, settings, runs: int, stacked: bool) -> float:

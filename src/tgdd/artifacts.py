@@ -231,6 +231,18 @@ def code_version() -> dict[str, Any]:
     return info
 
 
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else what ``platform`` says: for the
+    machine line of benchmark results."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def environment(device: str) -> dict[str, Any]:
     """Library versions and the device, recorded with every artifact."""
     import numpy

@@ -40,7 +40,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from tgdd.augment import DiffAugment
 from tgdd.progress import bar
 from tgdd.protocols import TrainSettings
-from tgdd.train import DrawnBatch, draw_batch
+from tgdd.train import DrawnBatch, draw_batch, end_epoch, sgd_schedule
 
 STACKABLE_MODULES: tuple[type[nn.Module], ...] = (
     nn.Conv2d,
@@ -146,11 +146,7 @@ def train_stacked(
     params, buffers = stack_module_state(list(models))
     template = copy.deepcopy(models[0]).to("meta")
     forward = stacked_forward(template)
-    optimizer = torch.optim.SGD(
-        list(params.values()), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
-    )
-    milestones = settings.milestone_epochs()
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, settings.gamma)
+    optimizer, scheduler = sgd_schedule(list(params.values()), settings)
     n = len(images)
     for epoch in bar(range(1, settings.trained_epochs() + 1), show=progress is not None, desc=progress, leave=False):
         orders = [torch.randperm(n, generator=gen, device=gen.device).to(device) for gen in gens]
@@ -165,9 +161,7 @@ def train_stacked(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        scheduler.step()
-        if settings.resets_momentum() and epoch in milestones:
-            optimizer.state.clear()  # DC's evaluate_synset makes a new SGD optimiser at its lr step
+        end_epoch(optimizer, scheduler, settings, epoch)
     unstack_into(models, params, buffers)
     for model in models:
         model.eval()

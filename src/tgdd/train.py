@@ -52,6 +52,27 @@ def draw_batch(
     return DrawnBatch(x, y, y, 1.0, mixed=False)
 
 
+def batch_loss(logits: torch.Tensor, batch: DrawnBatch) -> torch.Tensor:
+    """Cross-entropy of one network's batch; with CutMix, ``lam`` of it on ``y_a`` and the rest on ``y_b``."""
+    if batch.mixed:
+        return batch.lam * F.cross_entropy(logits, batch.y_a) + (1 - batch.lam) * F.cross_entropy(logits, batch.y_b)
+    return F.cross_entropy(logits, batch.y_a)
+
+
+def sgd_schedule(params: Any, settings: TrainSettings) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.MultiStepLR]:
+    """The protocol's SGD (lr, momentum, weight decay) and its step schedule: one network's or,
+    over stacked tensors, K networks' (SGD is elementwise)."""
+    optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, settings.milestone_epochs(), settings.gamma)
+
+
+def end_epoch(optimizer: torch.optim.SGD, scheduler: Any, settings: TrainSettings, epoch: int) -> None:
+    """The schedule's step after ``epoch``, and DC's momentum reset at its milestone."""
+    scheduler.step()
+    if settings.resets_momentum() and epoch in settings.milestone_epochs():
+        optimizer.state.clear()  # DC's evaluate_synset makes a new SGD optimiser at its lr step
+
+
 @dataclass
 class Resumable:
     """Per-epoch checkpointing of a training run; ``save_extra``/``load_extra`` carry the
@@ -85,11 +106,7 @@ def train_classifier(
     device = images.device
     mean, std = mean.to(device), std.to(device)
     augment = DiffAugment(settings.augment, settings.augment_semantics)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
-    )
-    milestones = settings.milestone_epochs()
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, settings.gamma)
+    optimizer, scheduler = sgd_schedule(model.parameters(), settings)
     n = len(images)
     first_epoch = 1
     if resumable is not None and resumable.checkpointer.resume_blob is not None:
@@ -108,19 +125,11 @@ def train_classifier(
         for start in range(0, n, settings.batch_size):
             batch = draw_batch(images, labels, order[start : start + settings.batch_size], settings, augment, mean,
                                std, gen, rng)  # fmt: skip
-            logits = model(batch.x)
-            if batch.mixed:
-                loss = batch.lam * F.cross_entropy(logits, batch.y_a) + (1 - batch.lam) * F.cross_entropy(
-                    logits, batch.y_b
-                )
-            else:
-                loss = F.cross_entropy(logits, batch.y_a)
+            loss = batch_loss(model(batch.x), batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        scheduler.step()
-        if settings.resets_momentum() and epoch in milestones:
-            optimizer.state.clear()  # DC's evaluate_synset makes a new SGD optimiser at its lr step
+        end_epoch(optimizer, scheduler, settings, epoch)
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)
         if resumable is not None:

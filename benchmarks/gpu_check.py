@@ -5,6 +5,9 @@ everything it measures and writes ``benchmarks/results/gpu_check_<gpu>.md``. Wit
 CPU side only (a CPU pass against a repeat: passes share no state), says the GPU side was skipped,
 writes ``gpu_check_cpu.md`` and exits 0 when the repeat agrees.
 
+It also trains three networks stacked (tgdd.stacked) and one after another on the device and
+compares their weights, and times a network-step at K = 1 and K = 5.
+
 Correctness compares the same computation on both devices with the same inputs and the same
 drawn augmentation parameters (CPU and CUDA generators produce different streams, so whole runs
 are compared in distribution, not bit for bit).
@@ -16,17 +19,21 @@ import argparse
 import copy
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from speed import distill_work, traced  # benchmarks/ is on sys.path when this runs as a script
 from torch import nn
 
 from tgdd.augment import DiffAugment, DrawnAugmentation, normalize
 from tgdd.data.registry import get_dataset
 from tgdd.methods.matching import class_loss
 from tgdd.models import build_model
+from tgdd.protocols import PROTOCOLS
+from tgdd.runtime import generator, numpy_rng, seeded_init
+from tgdd.stacked import train_stacked
+from tgdd.train import train_classifier
+from tgdd_bench.flops import distill_work, traced  # benchmarks/ is on sys.path when this runs as a script
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,7 @@ def check_correctness(device: torch.device) -> list[tuple[str, float, float]]:
 
 
 def iteration_flops(classes: int, ipc: int) -> float:
-    """Conv/Linear FLOPs of one iteration of :func:`time_iteration` (speed.py's count)."""
+    """Conv/Linear FLOPs of one iteration of :func:`time_iteration` (the benchmarks' FLOP count, tgdd_bench.flops)."""
     features, forward, _ = traced("convnet-3", get_dataset("cifar100" if classes == 100 else "cifar10"))
     return sum(w.flops for w in distill_work(features, forward, 128, ipc * 4, classes, batched=True))
 
@@ -163,6 +170,61 @@ def timing_lines(device: torch.device) -> list[str]:
     return lines
 
 
+def stacked_training(
+    device: torch.device, k: int, n: int, epochs: int, separate: bool
+) -> tuple[list[nn.Module], float]:
+    """``k`` ConvNet-3 (32 px) trained on ``n`` random images for ``epochs`` under the ``tgdd``
+    protocol (DSA per image, CutMix), stacked (:func:`tgdd.stacked.train_stacked`) or one after
+    another; the networks and the seconds it took."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(n, 3, 32, 32, generator=gen).to(device)
+    labels = (torch.arange(n) % 10).to(device)
+    settings = replace(PROTOCOLS.get("tgdd").train, epochs=epochs, batch_size=64)
+    mean, std = torch.full((3,), 0.5), torch.full((3,), 0.25)
+    models = []
+    for i in range(k):
+        with seeded_init(i):
+            models.append(build_model("convnet-3", 3, 32, 10).to(device))
+    gens = [generator(i, "batches", device=device) for i in range(k)]
+    rngs = [numpy_rng(i, "cutmix") for i in range(k)]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    if separate:
+        for model, g, rng in zip(models, gens, rngs, strict=True):
+            train_classifier(model, images, labels, settings, mean, std, g, rng)
+    else:
+        train_stacked(models, images, labels, settings, mean, std, gens, rngs)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return models, time.perf_counter() - start
+
+
+def stacked_lines(device: torch.device, timing: bool) -> tuple[list[str], bool]:
+    """Stacked against separate training on ``device`` (same device, so the same random streams):
+    the largest weight difference after a short training, and (``timing``) milliseconds per
+    network-step at K = 1 and K = 5 (issue 21's target: <= 1.2 ms at K = 5 with augmentation)."""
+    separate, _ = stacked_training(device, 3, 256, 2, separate=True)
+    stacked, _ = stacked_training(device, 3, 256, 2, separate=False)
+    diff = max(
+        float((a.state_dict()[name] - value).abs().max())
+        for a, b in zip(stacked, separate, strict=True)
+        for name, value in b.state_dict().items()
+    )
+    ok = diff <= 1e-3
+    lines = ["## Stacked networks (tgdd.stacked) against separate runs", ""]
+    lines += [f"3 x ConvNet-3, 256 images, 2 epochs, protocol tgdd: max weight difference {diff:.2e} "
+              f"(tolerance 1.0e-03): {'ok' if ok else 'NO'}", ""]  # fmt: skip
+    if timing:
+        steps = 2 * 1024 // 64
+        _, one = stacked_training(device, 1, 1024, 2, separate=True)
+        _, five = stacked_training(device, 5, 1024, 2, separate=False)
+        lines += ["| networks | training | ms per network-step |", "|---|---|---|"]
+        lines += [f"| 1 | separate | {1000 * one / steps:.2f} |", f"| 5 | stacked | {1000 * five / (5 * steps):.2f} |"]
+        lines += [""]
+    return lines, ok
+
+
 def main() -> int:
     """0 when every check agrees (without CUDA: the CPU side ran and agreed, the GPU side skipped), 2 when not."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -176,6 +238,9 @@ def main() -> int:
         lines += ["GPU side skipped: no CUDA device. Only the CPU side ran (correctness against a repeat).", ""]
     correctness, ok = correctness_lines(device)
     lines += [*correctness, ""]
+    stacked, stacked_ok = stacked_lines(device, timing=cuda)
+    lines += stacked
+    ok &= stacked_ok
     lines += timing_lines(device) if cuda else ["Timing skipped: no CUDA device."]
     text = "\n".join(lines) + "\n"
     print(text)

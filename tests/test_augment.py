@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from tgdd.augment import GROUPS, TRANSFORMS, DiffAugment, DSAParams, cutmix, without_flip
+from tgdd.augment import GROUPS, TRANSFORMS, DiffAugment, DSAParams, cutmix
+from tgdd.dsa_strategy import without_flip
 
 
 def _gen(seed=0):

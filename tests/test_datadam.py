@@ -14,11 +14,12 @@ from torch import nn
 
 from tgdd import paths, steps
 from tgdd.augment import DiffAugment, normalize
+from tgdd.cards import METHODS
+from tgdd.cards.datadam import DataDAMSettings
 from tgdd.config import build_config
 from tgdd.data.prepared import ClassSampler, FreshBatches
 from tgdd.data.registry import get_dataset
 from tgdd.errors import TgddError
-from tgdd.methods import METHODS, DataDAMSettings, DistillSettings, resolve_settings
 from tgdd.methods.datadam import (
     DataDAM,
     attention_blocks,
@@ -28,8 +29,10 @@ from tgdd.methods.datadam import (
     datadam_loss,
     matching_arch,
 )
-from tgdd.methods.matching import ImageState, Iteration, Space, _frozen, has_batch_norm, run_phase
+from tgdd.methods.loop import ImageState, Iteration, Space, run_phase
+from tgdd.methods.matching import _frozen, has_batch_norm
 from tgdd.models import build_model
+from tgdd.resolve import DistillSettings, resolve_settings
 from tgdd.runtime import seeded_init
 from tgdd.synthetic import load_synthetic
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from tgdd.augment import TRANSFORMS, DiffAugment, DSAParams
 from tgdd.data.prepared import EpochBatches, FreshBatches
-from tgdd.methods.matching import ImageState, Phase, run_phase
+from tgdd.methods.loop import ImageState, Phase, run_phase
 from tgdd.protocols import PROTOCOLS, SCHEDULES, TrainSettings
 from tgdd.synthetic import decode, initial_images, tile
 
@@ -205,8 +205,7 @@ def test_scale_and_rotate_sample_with_torch_default_align_corners():
 
 def test_protocols_and_methods_name_their_semantics():
     from tgdd.config import build_config
-    from tgdd.methods import resolve_settings
-    from tgdd.protocols import protocol_settings
+    from tgdd.resolve import protocol_settings, resolve_settings
 
     assert PROTOCOLS.get("tgdd").train.augment_semantics == "idc"
     assert PROTOCOLS.get("dc").train.augment_semantics == "dsa"
@@ -353,7 +352,7 @@ def test_mtt_expert_recipe_is_its_buffer_py():
     256, DSA one group per batch with MTT's align_corners, no CutMix, 50 epochs x 100 experts."""
     from tgdd.config import build_config
     from tgdd.paths import experts_dir
-    from tgdd.protocols import expert_recipe, expert_settings, num_trajectories
+    from tgdd.resolve import expert_recipe, expert_settings, num_trajectories
 
     cfg = build_config({})
     mtt = expert_settings(cfg, "mtt")

@@ -14,11 +14,12 @@ import torch.nn.functional as F
 
 from tgdd import paths, steps
 from tgdd.augment import DiffAugment, normalize
+from tgdd.cards import METHODS
+from tgdd.cards.idm import IDMSettings
 from tgdd.checkpoint import Checkpointer
 from tgdd.data.prepared import ClassSampler, FreshBatches
 from tgdd.data.registry import get_dataset
 from tgdd.errors import TgddError
-from tgdd.methods import METHODS, DistillSettings, IDMSettings, resolve_settings
 from tgdd.methods.idm import (
     IDM,
     NetQueue,
@@ -29,8 +30,9 @@ from tgdd.methods.idm import (
     matching_mode,
     partition_and_expand,
 )
-from tgdd.methods.matching import ImageState, Iteration, Space, run_phase
+from tgdd.methods.loop import ImageState, Iteration, Space, run_phase
 from tgdd.models import build_model
+from tgdd.resolve import DistillSettings, resolve_settings
 from tgdd.runtime import seeded_init
 from tgdd.synthetic import decode, images_needed, initial_images, load_synthetic, pooled_tiles
 

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from tgdd.config import build_config
 from tgdd.data.registry import get_dataset
 from tgdd.errors import TgddError
-from tgdd.methods import resolve_settings
-from tgdd.methods.matching import batched_classes, class_loss, mmd_loss, sample_stages
+from tgdd.methods.loop import batched_classes
+from tgdd.methods.matching import class_loss, mmd_loss, sample_stages
 from tgdd.models import build_model
+from tgdd.resolve import resolve_settings
 
 
 def test_stage_and_expert_ranges_cover_spec_exactly():
@@ -155,8 +156,8 @@ def test_batched_classes_give_the_per_class_update(method, phases, prepared_root
     import shutil
 
     from tgdd import steps
+    from tgdd.cards import METHODS
     from tgdd.data.prepared import ClassSampler
-    from tgdd.methods import METHODS
     from tgdd.synthetic import load_synthetic
 
     from .conftest import TINY, tiny_config
@@ -204,7 +205,7 @@ def test_batched_classes_give_the_per_class_update(method, phases, prepared_root
 
 
 def test_segment_mean_is_the_mean_per_group():
-    from tgdd.methods.matching import segment_mean
+    from tgdd.methods.loop import segment_mean
 
     values, ids = torch.randn(7, 3), torch.tensor([0, 2, 2, 0, 1, 2, 0])
     out = segment_mean(values, ids, 4)
@@ -215,8 +216,9 @@ def test_segment_mean_is_the_mean_per_group():
 
 def test_every_declared_method_has_its_implementation():
     """The cards (torch-free) and the implementations (imported on use) name the same methods."""
+    from tgdd.cards import METHODS
     from tgdd.data.registry import get_dataset
-    from tgdd.methods import _IMPLEMENTATIONS, METHODS, load_method
+    from tgdd.methods import _IMPLEMENTATIONS, load_method
 
     for name in METHODS.names():
         method = load_method(name)
@@ -232,10 +234,11 @@ def test_torch_free_names_agree_with_the_implementations():
     import typing
 
     from tgdd.augment import GROUP_CHOICE
+    from tgdd.cards import METHODS
+    from tgdd.cards.base import IMAGE_SPACES, IMAGE_UPDATES
     from tgdd.config import DistillConfig, Semantics
     from tgdd.data.prepared import REAL_BATCHES
     from tgdd.dsa_strategy import SEMANTICS
-    from tgdd.methods import IMAGE_SPACES, IMAGE_UPDATES, METHODS
     from tgdd.synthetic import INITIALISATIONS
 
     init_names = set(typing.get_args(typing.get_args(DistillConfig.model_fields["init"].annotation)[0]))

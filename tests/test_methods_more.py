@@ -13,12 +13,14 @@ import torch.nn.functional as F
 
 from tgdd import paths, steps
 from tgdd.augment import DiffAugment, normalize
+from tgdd.cards import METHODS
 from tgdd.experts import Trajectories
-from tgdd.methods import METHODS, DistillSettings
 from tgdd.methods.dance import DANCE, calibration_loss, calibration_phase, interpolate_state
 from tgdd.methods.herding import embed, herding_select
-from tgdd.methods.matching import ImageState, Iteration, Space, _frozen, run_phase
+from tgdd.methods.loop import ImageState, Iteration, Space, run_phase
+from tgdd.methods.matching import _frozen
 from tgdd.models import build_model
+from tgdd.resolve import DistillSettings
 from tgdd.runtime import seeded_init
 from tgdd.synthetic import load_synthetic
 

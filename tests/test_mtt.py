@@ -18,12 +18,14 @@ from torch import nn
 from tgdd import paths, steps
 from tgdd.artifacts import torch_save
 from tgdd.augment import DiffAugment
+from tgdd.cards import METHODS
+from tgdd.cards.mtt import MTTSettings, mtt_row
 from tgdd.checkpoint import Checkpointer
 from tgdd.data.prepared import ClassSampler, PreparedSplit
 from tgdd.data.registry import get_dataset
 from tgdd.errors import TgddError
 from tgdd.experts import Trajectories, TrajectoryStore
-from tgdd.methods import METHODS, DistillContext, MTTSettings, checks_config, mtt_row, resolve_settings
+from tgdd.methods import DistillContext
 from tgdd.methods.mtt import (
     MTT,
     ExpertCycle,
@@ -35,6 +37,7 @@ from tgdd.methods.mtt import (
     unroll,
 )
 from tgdd.models import build_model
+from tgdd.resolve import checks_config, resolve_settings
 from tgdd.runtime import seeded_init
 from tgdd.synthetic import load_synthetic
 

@@ -8,8 +8,9 @@ import pytest
 from tgdd import steps
 from tgdd.config import build_config, load_config
 from tgdd.errors import TgddError
-from tgdd.evaluate import protocol_settings, subset_epochs
+from tgdd.protocols import subset_epochs
 from tgdd.report import comparison_tables, headline_metrics, published_results
+from tgdd.resolve import protocol_settings
 
 CONFIG = Path(__file__).parents[1] / "config"
 

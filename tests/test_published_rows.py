@@ -9,10 +9,11 @@ import shutil
 
 import pytest
 
-from tgdd import methods, paths, steps
+from tgdd import paths, resolve, steps
+from tgdd.cards.mtt import mtt_row
 from tgdd.config import build_config
 from tgdd.data.registry import get_dataset
-from tgdd.methods import mtt_row, resolve_settings
+from tgdd.resolve import resolve_settings
 from tgdd.synthetic import load_synthetic
 
 from .conftest import tiny_config
@@ -21,7 +22,7 @@ from .conftest import tiny_config
 @pytest.fixture(autouse=True)
 def _nothing_said_yet(monkeypatch):
     """Each test starts as a fresh process would: no row substitution logged yet."""
-    monkeypatch.setattr(methods, "_TOLD", set())
+    monkeypatch.setattr(resolve, "_TOLD", set())
 
 
 def _record(method: str, ipc: int, dataset: str = "cifar10") -> dict:
@@ -32,12 +33,12 @@ def _record(method: str, ipc: int, dataset: str = "cifar10") -> dict:
 
 
 def _warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "tgdd.methods" and r.levelno == logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name == "tgdd.resolve" and r.levelno == logging.WARNING]
 
 
 @pytest.mark.parametrize("ipc, row", [(7, 10), (20, 50), (2, 10), (100, 50)])
 def test_mtt_at_an_unpublished_ipc_says_and_records_its_row(caplog, ipc, row):
-    caplog.set_level(logging.WARNING, logger="tgdd.methods")
+    caplog.set_level(logging.WARNING, logger="tgdd.resolve")
     record = _record("mtt", ipc)
     assert record["published_row"] == {"dataset": "cifar10", "ipc": row}
     published = mtt_row(row, get_dataset("cifar10"))
@@ -51,7 +52,7 @@ def test_mtt_at_an_unpublished_ipc_says_and_records_its_row(caplog, ipc, row):
 
 
 def test_mtt_rows_of_other_data_sets(caplog):
-    caplog.set_level(logging.WARNING, logger="tgdd.methods")
+    caplog.set_level(logging.WARNING, logger="tgdd.resolve")
     assert _record("mtt", 20, "cifar100")["published_row"] == {"dataset": "cifar100", "ipc": 50}
     assert _record("mtt", 5, "imagenette")["published_row"] == {"dataset": "imagenet-subsets", "ipc": 10}
     assert _record("mtt", 50, "imagenette")["published_row"] == {"dataset": "imagenet-subsets", "ipc": 10}
@@ -59,7 +60,7 @@ def test_mtt_rows_of_other_data_sets(caplog):
 
 
 def test_idm_does_the_same(caplog):
-    caplog.set_level(logging.WARNING, logger="tgdd.methods")
+    caplog.set_level(logging.WARNING, logger="tgdd.resolve")
     record = _record("idm", 7)
     assert record["published_row"] == {"dataset": "cifar10", "ipc": 10} and record["real_batch"] == 256
     assert _warnings(caplog) == [
@@ -71,7 +72,7 @@ def test_idm_does_the_same(caplog):
 @pytest.mark.parametrize("method", ["mtt", "idm", "tgdd", "dm", "dance", "datadam", "random", "herding"])
 def test_published_ipcs_and_methods_without_a_table_record_nothing_new(caplog, method):
     """The records of every published cell stay as they were (so nothing already made is redone)."""
-    caplog.set_level(logging.WARNING, logger="tgdd.methods")
+    caplog.set_level(logging.WARNING, logger="tgdd.resolve")
     for ipc in (1, 10, 50):
         assert "published_row" not in _record(method, ipc)
     if method not in ("mtt", "idm"):
@@ -95,7 +96,7 @@ def test_the_synthetic_set_records_the_row(tmp_path, prepared_root, caplog):
     ]
     cfg = tiny_config(tmp_path, *mtt)
     steps.experts(cfg)
-    caplog.set_level(logging.WARNING, logger="tgdd.methods")
+    caplog.set_level(logging.WARNING, logger="tgdd.resolve")
     steps.distill(cfg)
     syn = load_synthetic(paths.synthetic_file(cfg))
     assert syn.meta["settings"]["published_row"] == {"dataset": "cifar10", "ipc": 10}

@@ -27,7 +27,10 @@ from pathlib import Path
 
 from pydantic import Field
 
-from tgdd.methods import METHODS, DistillOutput, MethodCard, MethodSettings, implements, selection_defaults
+from tgdd.cards import METHODS
+from tgdd.cards.base import MethodCard, MethodSettings
+from tgdd.cards.selection import selection_defaults
+from tgdd.methods import DistillOutput, implements
 from tgdd.protocols import PROTOCOLS, Protocol, TrainSettings
 
 DEFAULTS = json.loads(Path(os.environ["PROBE_DEFAULTS"]).read_text())
@@ -49,7 +52,8 @@ class Probe:
         return DistillOutput(torch.cat(images))
 
 
-METHODS.add("probe", MethodCard(__name__, False, False, "a test method", selection_defaults, settings=ProbeSettings))
+METHODS.add("probe", MethodCard(module=__name__, needs_trajectories=False, optimizes_images=False,
+                                summary="a test method", defaults=selection_defaults, settings=ProbeSettings))
 implements("probe", Probe())
 train = TrainSettings(DEFAULTS["epochs"], 64, 0.01, 0.9, 5e-4, "idc", 0.2, "none", "idc", 0.0)
 PROTOCOLS.add("probe", Protocol("probe", "a test protocol", train, drops_flip=True))

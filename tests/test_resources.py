@@ -14,7 +14,7 @@ from tgdd import paths
 from tgdd.config import load_config
 from tgdd.cost import RETRY_GROWTH, Limits, network, request
 from tgdd.errors import TgddError
-from tgdd.methods import resolve_settings
+from tgdd.resolve import resolve_settings
 from tgdd.runtime import resolve_device
 
 from .test_workflow import REPO, make_project, snakemake, tiny_tree

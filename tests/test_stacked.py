@@ -17,13 +17,12 @@ import torch
 from torch import nn
 
 from tgdd import steps
-from tgdd.evaluate import use_stacking
 from tgdd.freshness import Freshness
 from tgdd.models import EXACT, build_model
 from tgdd.models.zoo import ALEXNET, VGG11, ZOO, ConvSpec, FeatureClassifier
 from tgdd.protocols import PROTOCOLS, TrainSettings
 from tgdd.runtime import generator, numpy_rng, seeded_init
-from tgdd.stacked import can_stack, stack_refusal, train_stacked
+from tgdd.stacked import can_stack, stack_refusal, train_stacked, use_stacking
 from tgdd.train import train_classifier
 
 from .conftest import tiny_config
@@ -185,8 +184,8 @@ def test_networks_that_cannot_stack_are_named_and_evaluate_falls_back(caplog):
     model = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(4, 3))
     assert not can_stack(model)
     assert "Dropout" in stack_refusal(model)
-    with caplog.at_level(logging.WARNING, logger="tgdd.evaluate"):
-        assert not use_stacking("always", torch.device("cpu"), "dropout-net", [model, model])
+    with caplog.at_level(logging.WARNING, logger="tgdd.stacked"):
+        assert not use_stacking("always", torch.device("cpu"), [model, model], "dropout-net")
     assert "not stacked" in caplog.text and "Dropout" in caplog.text
     with pytest.raises(ValueError, match="cannot stack"):
         train_stacked([model, model], torch.rand(4, 1, 2, 2), torch.arange(4) % 3, settings_for("dc"),
@@ -196,11 +195,11 @@ def test_networks_that_cannot_stack_are_named_and_evaluate_falls_back(caplog):
 def test_one_run_never_takes_the_stacked_path():
     model = build("convnet-1-w8", 0, 1, 8)
     for choice in ("auto", "always"):
-        assert not use_stacking(choice, torch.device("cpu"), "convnet-1-w8", [model])
-    assert not use_stacking("never", torch.device("cpu"), "convnet-1-w8", [model, model])
-    assert use_stacking("always", torch.device("cpu"), "convnet-1-w8", [model, model])
-    assert not use_stacking("auto", torch.device("cpu"), "convnet-1-w8", [model, model])  # measured slower
-    assert use_stacking("auto", torch.device("cuda"), "convnet-1-w8", [model, model])
+        assert not use_stacking(choice, torch.device("cpu"), [model], "convnet-1-w8")
+    assert not use_stacking("never", torch.device("cpu"), [model, model], "convnet-1-w8")
+    assert use_stacking("always", torch.device("cpu"), [model, model], "convnet-1-w8")
+    assert not use_stacking("auto", torch.device("cpu"), [model, model], "convnet-1-w8")  # measured slower
+    assert use_stacking("auto", torch.device("cuda"), [model, model], "convnet-1-w8")
     with pytest.raises(ValueError, match="K >= 2"):
         train_stacked([model], torch.rand(4, 1, 8, 8), torch.arange(4), settings_for("dc"), torch.zeros(1),
                       torch.ones(1), [generator(0, "b")], [numpy_rng(0, "c")])  # fmt: skip

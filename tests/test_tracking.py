@@ -22,9 +22,9 @@ import torch
 
 from tgdd import paths, steps, tracking
 from tgdd.artifacts import sha256_file
+from tgdd.cards import METHODS as METHOD_CARDS
 from tgdd.config import config_dict, flatten
 from tgdd.errors import TgddError
-from tgdd.methods import METHODS as METHOD_CARDS
 from tgdd.synthetic import SyntheticSet, load_synthetic, save_grid, save_synthetic
 
 from .conftest import tiny_config

@@ -251,7 +251,7 @@ def dataset_work(cfg: Config) -> DatasetWork:
     """The analysis's work for ``cfg.dataset``: every method and IPC of its matrix (each at its
     method's resolved factor f), embedded with ``cfg.experts.arch``."""
     from tgdd.data.registry import get_dataset
-    from tgdd.freshness import resolved_distill
+    from tgdd.resolve import resolved_distill
 
     spec = get_dataset(cfg.dataset)
     sets = []

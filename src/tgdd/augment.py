@@ -20,15 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tgdd.dsa_strategy import (  # noqa: F401  (re-exported)
-    GROUPS,
-    IDC_AFTER,
-    IDC_BEFORE,
-    SEMANTICS,
-    check_semantics,
-    check_strategy,
-    without_flip,
-)
+from tgdd.dsa_strategy import GROUPS, IDC_AFTER, IDC_BEFORE, SEMANTICS, check_semantics, check_strategy
 
 
 @dataclass(frozen=True)

@@ -72,9 +72,17 @@ class Checkpointer:
 
     def after_iteration(self, iteration: int, state: Callable[[], dict[str, Any]]) -> None:
         """Checkpoint when due; on a requested stop, checkpoint and raise."""
+        self.save_if_due(iteration, state)
+        self.stop_if_requested(iteration)
+
+    def save_if_due(self, iteration: int, state: Callable[[], dict[str, Any]]) -> None:
+        """Write the checkpoint if ``iteration`` is due or a stop was requested."""
         due = self.every > 0 and iteration % self.every == 0
         if due or self.stop:
             torch_save(self.path, {"identity": self.identity, "state": state()})
+
+    def stop_if_requested(self, iteration: int) -> None:
+        """Raise if a stop was requested (after :meth:`save_if_due` wrote the checkpoint)."""
         if self.stop:
             raise TgddError(
                 f"stopped by {self.stop.signal} after iteration {iteration}; checkpoint {self.path} written, "

@@ -111,8 +111,8 @@ def _interchange(args: argparse.Namespace, cfg: Config) -> list[Path]:
 
 
 def _list() -> None:
+    from tgdd.cards import METHODS
     from tgdd.data.registry import dataset_names
-    from tgdd.methods import METHODS
     from tgdd.models import model_names
     from tgdd.protocols import PROTOCOLS
 
@@ -125,6 +125,9 @@ def _list() -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from tgdd.plugins import load_plugins
+
+    load_plugins()  # before tgdd.config is imported: a plugin's card adds a section to the config's schema
     if args.step == "list":
         _list()
         return 0
@@ -147,7 +150,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.step == "experts":
         kwargs = {"index": args.index, "gather": args.gather, "recipe": args.recipe}
     # -q: WARNING and above, which also hides the progress bars (tgdd.progress: they are INFO output)
-    written = _interchange(args, cfg) if args.step in INTERCHANGE else getattr(steps, args.step)(cfg, **kwargs)
+    if args.step in INTERCHANGE:
+        written = _interchange(args, cfg)
+    else:
+        written = (steps.pipeline if args.step == "pipeline" else steps.MATRIX_STEPS[args.step])(cfg, **kwargs)
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -2,8 +2,11 @@
 
 Files are YAML; ``key=value`` overrides address any key, dotted for nested ones, with values
 parsed as YAML (``distill.ipc=10``, ``evaluate.archs=[convnet-3,resnet10-ap]``). ``null`` in a
-method-dependent key means "the method's published default" (see ``tgdd.methods``); the
-resolved values are recorded with every artifact.
+method-dependent key means "the method's published default" (its card, ``tgdd.cards``); the
+resolved values (:mod:`tgdd.resolve`, the level above this one) are recorded with every artifact.
+
+The ``distill`` section has one sub-section per method card registered when this module is
+imported: a plugin (``TGDD_PLUGINS``) is loaded first by the entry points (:mod:`tgdd.plugins`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from pydantic import (
     model_validator,
 )
 
+from tgdd.cards import METHODS
 from tgdd.errors import TgddError
+from tgdd.protocols import PROTOCOLS
 from tgdd.registry import suggestion
 
 Semantics = Literal["dsa", "idc", "dsa-all", "mtt"]  # tgdd.dsa_strategy.SEMANTICS (tested equal)
@@ -77,6 +82,15 @@ class MTTExpertsConfig(_Strict):
     augment_semantics: Semantics = Field("mtt", description="mtt: DSA's one group per batch, align_corners=True")
 
 
+class FTDExpertsConfig(MTTExpertsConfig):
+    """The expert buffers of FTD (its buffer_FTD.py): MTT's, each step a GSAM step (tgdd.gsam)."""
+
+    num_trajectories: int = Field(100, ge=1, description="FTD's experts per data set (num_experts)")
+    rho: float = Field(0.01, ge=0, description="GSAM's radius (rho_max = rho_min of run_buffer.sh: constant)")
+    alpha: float = Field(0.4, ge=0, description="GSAM's surrogate-gap coefficient (alpha, buffer_FTD.py's default)")
+    adaptive: bool = Field(True, description="ASAM's elementwise |w| scaling of the ascent (adaptive, their default)")
+
+
 class ExpertsConfig(_Strict):
     arch: str = Field("convnet-3", description="network of the trajectories (also TGDD's feature extractor)")
     seed: int | None = Field(
@@ -98,6 +112,12 @@ class ExpertsConfig(_Strict):
     cutmix_prob: float = Field(0.5, ge=0, le=1, description="probability of CutMix per expert batch")
     cutmix_beta: float = Field(1.0, gt=0, description="CutMix Beta(beta, beta) parameter")
     checkpoint_every: int = Field(1, ge=0, description="epochs between resumable checkpoints (0: never)")
+    stack: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="train the missing trajectories of a recipe as one stacked training (torch.func; equal to "
+        "separate runs within float rounding, each trajectory keeps its file, identity and checkpoint) in "
+        "`tgdd experts` and `tgdd pipeline`; auto: on CUDA only. Snakemake trains one trajectory per job",
+    )
     train_per_class: int | None = Field(
         None, ge=1, description="train experts on this many images per class (seeded; null: all) for CPU budgets"
     )
@@ -106,11 +126,16 @@ class ExpertsConfig(_Strict):
         description="MTT's expert recipe (its own lr, no momentum, its epochs); arch, "
         "train_per_class and checkpoint_every are shared",
     )
+    ftd: FTDExpertsConfig = Field(
+        FTDExpertsConfig(),
+        description="FTD's expert recipe (MTT's with GSAM steps); arch, train_per_class and checkpoint_every are "
+        "shared",
+    )
 
 
 class SharedDistillConfig(_Strict):
     """The ``distill`` keys every method shares; each method's own keys are its section
-    ``distill.<method>`` (declared on its card in tgdd.methods)."""
+    ``distill.<method>`` (declared on its card in tgdd.cards)."""
 
     method: str = Field("tgdd", description="distillation method of the single-step commands (see `tgdd list`)")
     ipc: int = Field(10, ge=1, description="stored synthetic images per class")
@@ -154,8 +179,6 @@ class SharedDistillConfig(_Strict):
 
 
 def _method_sections() -> dict[str, Any]:
-    from tgdd.methods import METHODS
-
     return {
         name: (card.settings, Field(default_factory=card.settings, description=f"{card.summary}: its own settings"))
         for name, card in ((n, METHODS.get(n)) for n in METHODS.names())
@@ -241,16 +264,14 @@ class Config(_Strict):
     def _known_names(self) -> Config:
         from tgdd.data.registry import get_dataset
         from tgdd.dsa_strategy import check_strategy
-        from tgdd.methods import METHODS
         from tgdd.models import check_model_name
-        from tgdd.protocols import PROTOCOLS
 
         for name in [self.dataset, *self.matrix.datasets]:
             get_dataset(name)
         if not is_imported_method(self.distill.method):  # imported sets are evaluated, never distilled
-            METHODS.get(self.distill.method)
+            _check_method(self.distill.method)
         for name in self.matrix.methods:
-            METHODS.get(name)
+            _check_method(name)
         for name in [self.experts.arch, *self.evaluate.archs]:
             check_model_name(name)
         PROTOCOLS.get(self.evaluate.protocol)
@@ -262,7 +283,18 @@ class Config(_Strict):
         return self
 
 
-# Keys that moved into a method's own section (tgdd.methods cards): the error names their new place.
+def _check_method(name: str) -> None:
+    """A registered method, with its section in this schema: a card registered after this module was
+    imported (a plugin loaded too late) has none, and would fail later for want of it."""
+    METHODS.get(name)
+    if name not in DistillConfig.model_fields:
+        raise TgddError(
+            f"method '{name}' was registered after tgdd.config was imported, so distill.{name} is missing: "
+            "load TGDD_PLUGINS first (tgdd.plugins.load_plugins)"
+        )
+
+
+# Keys that moved into a method's own section (tgdd.cards): the error names their new place.
 MOVED_KEYS = {
     "distill.alpha": "distill.tgdd.alpha (DANCE's calibration weight: distill.dance.calib_weight)",
     "distill.expert_region": "distill.tgdd.expert_region",

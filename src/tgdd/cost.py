@@ -21,11 +21,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 
+from tgdd.cards import METHODS
 from tgdd.config import Config
 from tgdd.data.registry import get_dataset
 from tgdd.errors import TgddError
-from tgdd.methods import METHODS, resolve_settings
-from tgdd.protocols import expert_settings, num_trajectories, protocol_settings
+from tgdd.resolve import expert_settings, num_trajectories, protocol_settings, resolve_settings
 
 TRAIN_IMAGES = {  # training-set sizes of the published data sets (what the experts train on)
     "digits": 1_437,  # scikit-learn's 1,797 digits, 80 % (tgdd.data.catalog)

@@ -11,13 +11,15 @@ import torch
 
 from tgdd import paths
 from tgdd.artifacts import provenance, write_text
+from tgdd.cards import METHODS
 from tgdd.checkpoint import Checkpointer, stop_on_signals
 from tgdd.config import Config, config_dict
 from tgdd.data.prepared import ClassSampler, PreparedSplit, load_prepared
 from tgdd.data.registry import get_dataset
 from tgdd.errors import TgddError
 from tgdd.experts import load_trajectories
-from tgdd.methods import METHODS, DistillContext, DistillSettings, load_method, resolve_settings
+from tgdd.methods import DistillContext, load_method
+from tgdd.resolve import DistillSettings, resolve_settings
 from tgdd.runtime import generator
 from tgdd.synthetic import SyntheticSet, images_needed, save_grid, save_synthetic
 

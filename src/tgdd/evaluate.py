@@ -14,12 +14,11 @@ from tgdd.artifacts import provenance, read_json, sha256_file, write_json
 from tgdd.config import Config, section_settings
 from tgdd.data.prepared import load_prepared
 from tgdd.errors import TgddError
-from tgdd.freshness import resolved_evaluation
 from tgdd.models import build_model
 from tgdd.progress import bar
-from tgdd.protocols import PROTOCOLS, Protocol, TrainSettings, protocol_settings, subset_epochs  # noqa: F401  (re-exported)
+from tgdd.resolve import protocol_settings, resolved_evaluation
 from tgdd.runtime import derive_seed, generator, numpy_rng, seeded_init
-from tgdd.stacked import stack_refusal, train_stacked
+from tgdd.stacked import train_stacked, use_stacking
 from tgdd.synthetic import load_synthetic, synthetic_digest
 from tgdd.train import accuracy, train_classifier
 
@@ -43,9 +42,9 @@ def check_inputs(cfg: Config, meta: dict, syn_path: Path) -> None:
             f"synthetic set {syn_path} was distilled from other training data than {paths.prepared_dir(cfg)}: redistill it"
         )
     recorded = inputs.get("trajectories_sha256")
+    from tgdd.cards import METHODS
     from tgdd.experts import manifest_digest
-    from tgdd.methods import METHODS
-    from tgdd.protocols import num_trajectories
+    from tgdd.resolve import num_trajectories
 
     card = METHODS.get(cfg.distill.method)
     experts_manifest = paths.experts_dir(cfg, card.expert_recipe) / "manifest.json"
@@ -62,25 +61,6 @@ def check_inputs(cfg: Config, meta: dict, syn_path: Path) -> None:
         raise TgddError(
             f"synthetic set {syn_path} was distilled from other trajectories than {experts_manifest.parent}: redistill it"
         )
-
-
-def use_stacking(choice: str, device: torch.device, arch: str, models: list[torch.nn.Module]) -> bool:
-    """Whether the runs of ``arch`` train as one stacked training (``evaluate.stack_runs``).
-
-    Never for one run (today's loop, bit for bit) nor for a network :func:`tgdd.stacked.can_stack`
-    refuses (said in the log). ``auto``: on CUDA (one kernel launch per layer for all runs instead
-    of one per run: evaluation there is launch-bound), never on the CPU, where stacking measured
-    slower on the main job's evaluation (grouped convolutions; ``benchmarks/stacked_eval.py``,
-    ``benchmarks/results/stacked_eval_cpu.md``)."""
-    if choice == "never" or len(models) < 2:
-        return False
-    reason = stack_refusal(models[0])
-    if reason is not None:
-        log.warning("evaluate %s: runs train one after another, not stacked: %s", arch, reason)
-        return False
-    if choice == "always":
-        return True
-    return device.type == "cuda"
 
 
 def evaluate_synthetic(cfg: Config, device: torch.device, progress: bool = True) -> list[Path]:
@@ -111,7 +91,7 @@ def evaluate_synthetic(cfg: Config, device: torch.device, progress: bool = True)
                 models.append(build_model(arch, images.shape[1], images.shape[2], test.num_classes).to(device))
         gens = [generator(seed, "batches", device=device) for seed in seeds]
         rngs = [numpy_rng(seed, "cutmix") for seed in seeds]
-        stacked = use_stacking(cfg.evaluate.stack_runs, device, arch, models)
+        stacked = use_stacking(cfg.evaluate.stack_runs, device, models, f"evaluate {arch}")
         if stacked:
             train_stacked(models, images, labels, settings, test.mean, test.std, gens, rngs,
                           progress=f"{arch} {len(seeds)} runs stacked" if progress else None)  # fmt: skip

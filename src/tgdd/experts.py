@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -27,8 +28,9 @@ from tgdd.data.prepared import PreparedSplit
 from tgdd.errors import TgddError
 from tgdd.models import build_model
 from tgdd.progress import bar
-from tgdd.protocols import EXPERT_RECIPES, expert_recipe, expert_settings, num_trajectories
+from tgdd.resolve import EXPERT_RECIPES, expert_recipe, expert_settings, num_trajectories
 from tgdd.runtime import derive_seed, generator, numpy_rng, seeded_init
+from tgdd.stacked import train_stacked, use_stacking
 from tgdd.train import Resumable, accuracy, train_classifier
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ def _snapshot(model: nn.Module) -> StateDict:
 
 def expected_identity(cfg: Config, train_sha256: str, recipe: str = "tgdd") -> dict:
     """What every trajectory of ``cfg`` must match to be used: its data and its resolved recipe
-    (:func:`tgdd.protocols.expert_recipe`; a trajectory trained with another learning rate or
+    (:func:`tgdd.resolve.expert_recipe`; a trajectory trained with another learning rate or
     schedule is another trajectory, so it is retrained rather than kept). Each trajectory adds its
     index and seed."""
     return {"dataset": cfg.dataset, "train_sha256": train_sha256, "recipe": expert_recipe(cfg, recipe)}
@@ -118,6 +120,39 @@ def expert_training_set(cfg: Config, train: PreparedSplit) -> PreparedSplit:
     return replace(train, images=train.images[index], labels=train.labels[index])
 
 
+@dataclass
+class ExpertRun:
+    """One expert before training: its network (seeded initialisation), its random streams and
+    its snapshots so far (the initial weights)."""
+
+    index: int
+    model: nn.Module
+    gen: torch.Generator
+    rng: np.random.Generator
+    snapshots: list[StateDict]
+
+    def resumable(self, checkpointer: Checkpointer) -> Resumable:
+        """Per-epoch checkpoints of this run, carrying its snapshots so far."""
+        return Resumable(
+            checkpointer,
+            save_extra=lambda: {"snapshots": self.snapshots},
+            load_extra=lambda extra: self.snapshots.__setitem__(slice(None), extra["snapshots"]),
+        )
+
+
+def expert_run(cfg: Config, index: int, train: PreparedSplit, device: torch.device, recipe: str = "tgdd") -> ExpertRun:
+    """Expert ``index`` of ``recipe``: its network and streams, each derived from the experts seed,
+    the recipe's stream prefix and the index alone (so any route draws the same ones)."""
+    channels, size = train.images.shape[1], train.images.shape[2]
+    prefix = EXPERT_RECIPES.get(recipe).stream
+    stream = (lambda name: f"{prefix}-{name}") if prefix else (lambda name: name)
+    seed = cfg.experts_seed
+    with seeded_init(derive_seed(seed, stream("expert-init"), index)):
+        model = build_model(cfg.experts.arch, channels, size, train.num_classes).to(device)
+    gen = generator(seed, stream("expert-train"), index, device=device)
+    return ExpertRun(index, model, gen, numpy_rng(seed, stream("expert-cutmix"), index), [_snapshot(model)])
+
+
 def train_trajectory(
     cfg: Config,
     index: int,
@@ -128,36 +163,42 @@ def train_trajectory(
     recipe: str = "tgdd",
 ) -> tuple[list[StateDict], float]:
     """Train expert ``index`` of ``recipe`` and return its E+1 snapshots and final test accuracy."""
-    channels, size = train.images.shape[1], train.images.shape[2]
-    prefix = EXPERT_RECIPES.get(recipe).stream
-    stream = (lambda name: f"{prefix}-{name}") if prefix else (lambda name: name)
-    seed = cfg.experts_seed
-    with seeded_init(derive_seed(seed, stream("expert-init"), index)):
-        model = build_model(cfg.experts.arch, channels, size, train.num_classes).to(device)
-    snapshots = [_snapshot(model)]
+    run = expert_run(cfg, index, train, device, recipe)
     train = expert_training_set(cfg, train)
-    resumable = None
-    if checkpointer is not None:
-        resumable = Resumable(
-            checkpointer,
-            save_extra=lambda: {"snapshots": snapshots},
-            load_extra=lambda extra: snapshots.__setitem__(slice(None), extra["snapshots"]),
-        )
-    images = train.as_float().to(device)
     train_classifier(
-        model,
-        images,
+        run.model,
+        train.as_float().to(device),
         train.labels.to(device),
         expert_settings(cfg, recipe),
         train.mean,
         train.std,
-        gen=generator(seed, stream("expert-train"), index, device=device),
-        rng=numpy_rng(seed, stream("expert-cutmix"), index),
-        on_epoch_end=lambda _epoch, m: snapshots.append(_snapshot(m)),
+        gen=run.gen,
+        rng=run.rng,
+        on_epoch_end=lambda _epoch, m: run.snapshots.append(_snapshot(m)),
         progress=f"{recipe} expert {index + 1}/{num_trajectories(cfg, recipe)}",
-        resumable=resumable,
+        resumable=run.resumable(checkpointer) if checkpointer is not None else None,
     )
-    return snapshots, accuracy(model, test.images, test.labels, test.mean, test.std)
+    return run.snapshots, accuracy(run.model, test.images, test.labels, test.mean, test.std)
+
+
+def _write_trajectory(
+    path: Path, identity: dict, index: int, snapshots: list[StateDict], test_acc: float, device: torch.device, **how
+) -> None:
+    """The trajectory file: identity, snapshots, content digest, final test accuracy (``how``: how
+    it was trained, where that is not the default one network at a time)."""
+    torch_save(
+        path,
+        {
+            "identity": identity,
+            "index": index,
+            "final_test_accuracy": test_acc,
+            "content_sha256": content_digest({"identity": identity, "snapshots": snapshots}),
+            "snapshots": snapshots,
+            **how,
+            **provenance(str(device), timestamp=False),
+        },
+    )
+    log.info("expert %d: final test accuracy %.2f%%", index, 100 * test_acc)
 
 
 def train_one(
@@ -180,20 +221,69 @@ def train_one(
     with stop_on_signals() as stop:
         checkpointer = Checkpointer(path.with_suffix(".ckpt.pt"), cfg.experts.checkpoint_every, identity, stop)
         snapshots, test_acc = train_trajectory(cfg, index, train, test, device, checkpointer, recipe)
-    torch_save(
-        path,
-        {
-            "identity": identity,
-            "index": index,
-            "final_test_accuracy": test_acc,
-            "content_sha256": content_digest({"identity": identity, "snapshots": snapshots}),
-            "snapshots": snapshots,
-            **provenance(str(device), timestamp=False),
-        },
-    )
+    _write_trajectory(path, identity, index, snapshots, test_acc, device)
     checkpointer.finish()
-    log.info("expert %d: final test accuracy %.2f%%", index, 100 * test_acc)
     return path
+
+
+def train_group(
+    cfg: Config,
+    out_dir: Path,
+    indices: Sequence[int],
+    train: PreparedSplit,
+    test: PreparedSplit,
+    device: torch.device,
+    recipe: str = "tgdd",
+) -> list[Path]:
+    """Trajectories ``indices`` of ``cfg`` as one stacked training (:func:`tgdd.stacked.train_stacked`),
+    each written to its own file with its own identity, each checkpointed in its own file in the
+    format of a separate run: an interrupted group resumes as a group, or each trajectory alone
+    (``tgdd experts --index``). Members whose checkpoint is at another epoch than the most common
+    start train alone first."""
+    settings = expert_settings(cfg, recipe)
+    paths_ = {index: trajectory_file(out_dir, index) for index in indices}
+    identities = {index: trajectory_identity(cfg, train.sha256, index, recipe) for index in indices}
+    with stop_on_signals() as stop:
+        checkpointers = {
+            i: Checkpointer(paths_[i].with_suffix(".ckpt.pt"), cfg.experts.checkpoint_every, identities[i], stop)
+            for i in indices
+        }
+        starts = {i: (c.resume_blob or {}).get("epoch", 0) for i, c in checkpointers.items()}
+        common = max(set(starts.values()), key=lambda e: (list(starts.values()).count(e), -e))
+        group = [i for i in indices if starts[i] == common]
+        for index in (i for i in indices if starts[i] != common):
+            snapshots, test_acc = train_trajectory(cfg, index, train, test, device, checkpointers[index], recipe)
+            _write_trajectory(paths_[index], identities[index], index, snapshots, test_acc, device)
+            checkpointers[index].finish()
+        if len(group) == 1:
+            snapshots, test_acc = train_trajectory(cfg, group[0], train, test, device, checkpointers[group[0]], recipe)
+            results = [(snapshots, test_acc, {})]
+        else:
+            runs = [expert_run(cfg, index, train, device, recipe) for index in group]
+            subset = expert_training_set(cfg, train)
+            train_stacked(
+                [run.model for run in runs],
+                subset.as_float().to(device),
+                subset.labels.to(device),
+                settings,
+                subset.mean,
+                subset.std,
+                [run.gen for run in runs],
+                [run.rng for run in runs],
+                progress=f"{recipe} experts {', '.join(str(i + 1) for i in group)} stacked",
+                on_epoch_end=lambda _epoch, models: [
+                    run.snapshots.append(_snapshot(model)) for run, model in zip(runs, models, strict=True)
+                ],
+                resumables=[run.resumable(checkpointers[run.index]) for run in runs],
+            )
+            how = {"stacked_networks": len(runs)}  # trained with K-1 others as one stacked training
+            results = [
+                (run.snapshots, accuracy(run.model, test.images, test.labels, test.mean, test.std), how) for run in runs
+            ]
+    for index, (snapshots, test_acc, how) in zip(group, results, strict=True):
+        _write_trajectory(paths_[index], identities[index], index, snapshots, test_acc, device, **how)
+        checkpointers[index].finish()
+    return [paths_[index] for index in indices]
 
 
 def gather(cfg: Config, out_dir: Path, recipe: str = "tgdd") -> Path:
@@ -216,7 +306,7 @@ def gather(cfg: Config, out_dir: Path, recipe: str = "tgdd") -> Path:
         "identity": identity,
         "recipe": recipe,
         "seed": cfg.experts_seed,
-        "experts": cfg.experts.model_dump(mode="json"),
+        "experts": cfg.experts.model_dump(mode="json", exclude={"stack"}),  # how, not what
         "complete": True,
         "trajectories": records,
         "trajectories_sha256": trajectories_digest(identity, [r["content_sha256"] for r in records]),
@@ -245,8 +335,18 @@ def train_experts(
     cfg: Config, out_dir: Path, train: PreparedSplit, test: PreparedSplit, device: torch.device, recipe: str = "tgdd"
 ) -> Path:
     """Every trajectory of ``recipe`` (finished ones are kept, an interrupted one resumes), then the manifest."""
-    for index in bar(range(num_trajectories(cfg, recipe)), desc=f"{recipe} trajectories", leave=False):
-        train_one(cfg, out_dir, index, train, test, device, recipe)
+    missing = [
+        index
+        for index in range(num_trajectories(cfg, recipe))
+        if not finished(cfg, trajectory_file(out_dir, index), train.sha256, index, recipe)
+    ]
+    with seeded_init(0):  # a network to ask whether the architecture stacks (no global RNG drawn)
+        probe = build_model(cfg.experts.arch, train.images.shape[1], train.images.shape[2], train.num_classes)
+    if use_stacking(cfg.experts.stack, device, [probe] * len(missing), f"{recipe} experts"):
+        train_group(cfg, out_dir, missing, train, test, device, recipe)
+    else:
+        for index in bar(range(num_trajectories(cfg, recipe)), desc=f"{recipe} trajectories", leave=False):
+            train_one(cfg, out_dir, index, train, test, device, recipe)
     return gather(cfg, out_dir, recipe)
 
 

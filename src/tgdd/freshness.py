@@ -3,8 +3,8 @@ ones its step would run with now, or an input changed.
 
 "Settings" are always the RESOLVED ones, never the config as written: ``null`` means "the
 method's (or protocol's) published default", so a default changed in the code changes what a step
-runs with exactly as an edited config does. One function per step computes them, torch-free
-(:func:`resolved_experts`, :func:`resolved_distill`, :func:`resolved_evaluation`); each artifact
+runs with exactly as an edited config does. One function per step computes them, torch-free, in
+:mod:`tgdd.resolve` (``resolved_experts``, ``resolved_distill``, ``resolved_evaluation``); each artifact
 records them, `tgdd pipeline` compares the records here (:class:`Freshness`), and the Snakemake
 rules declare the same values as ``params`` (so Snakemake's params trigger reruns exactly the jobs
 they changed, and `dvc repro`, which runs the Snakemake targets, with it).
@@ -17,53 +17,10 @@ from typing import Any
 
 from tgdd import paths
 from tgdd.artifacts import read_json, sha256_file
-from tgdd.config import Config, flatten, is_imported_method
+from tgdd.config import Config, flatten
+from tgdd.resolve import NOT_RESULT_KEYS, num_trajectories, resolved_distill, resolved_evaluation
 
 _ABSENT = object()
-
-# Keys that change how a step runs, not what it makes: never a reason to redo it. batched_classes:
-# the same update as per class (docs/fidelity.md), an execution choice like the device ("auto" decides
-# by device), so a set distilled batched on a GPU is not stale where a CPU would run it per class.
-NOT_RESULT_KEYS = {"checkpoint_every", "batched_classes"}
-
-
-def resolved_experts(cfg: Config, recipe: str = "tgdd") -> dict[str, Any]:
-    """What makes each trajectory of ``recipe`` under ``cfg``: its resolved recipe (not how many there are)."""
-    from tgdd.protocols import expert_recipe
-
-    return expert_recipe(cfg, recipe)
-
-
-def resolved_distill(cfg: Config) -> dict[str, Any] | None:
-    """The settings a distillation of ``cfg`` runs with (``meta["settings"]`` of its synthetic set,
-    less the keys in :data:`NOT_RESULT_KEYS`); None for an imported set, which is not distilled."""
-    if is_imported_method(cfg.distill.method):
-        return None
-    from tgdd.methods import resolve_settings
-
-    record = resolve_settings(cfg).record()
-    return {k: v for k, v in record.items() if k not in NOT_RESULT_KEYS}
-
-
-def resolved_evaluation(cfg: Config, factor: int | None = None) -> dict[str, Any]:
-    """What an evaluation of ``cfg`` trains with: the protocol's resolved settings (epochs by the
-    subsets' rule from the decoded images per class, IPC x f^2; ``factor``: the set's own, else the
-    method's resolved one) and the number of runs."""
-    from dataclasses import asdict
-
-    from tgdd.protocols import protocol_settings
-
-    if factor is None:
-        distill = resolved_distill(cfg)
-        factor = distill["factor"] if distill else 1
-    per_class = cfg.distill.ipc * factor**2
-    settings = protocol_settings(cfg, images_per_class=per_class)
-    protocol = {
-        **asdict(settings),
-        "trained_epochs": settings.trained_epochs(),
-        "milestone_epochs": settings.milestone_epochs(),
-    }
-    return {"runs": cfg.evaluate.runs, "protocol": cfg.evaluate.protocol, "protocol_settings": protocol}
 
 
 def _show(value: Any) -> str:
@@ -100,7 +57,6 @@ class Freshness:
     def _trajectories_digest(self, cell: Config, recipe: str) -> str | None:
         """The content digest of the cell's trajectories, from their manifest (tgdd.experts.manifest_digest)."""
         from tgdd.experts import manifest_digest
-        from tgdd.protocols import num_trajectories
 
         manifest = paths.experts_dir(cell, recipe) / "manifest.json"
         return manifest_digest(read_json(manifest), num_trajectories(cell, recipe))
@@ -143,8 +99,6 @@ class Freshness:
     def experts(self, cell: Config, recipe: str = "tgdd") -> str | None:
         """Why the cell's expert trajectories of ``recipe`` must be (re)trained or gathered: which
         trajectories and why, or the manifest. `tgdd experts` keeps every trajectory that is finished."""
-        from tgdd.protocols import num_trajectories
-
         wanted = num_trajectories(cell, recipe)
         reasons = {i: self.trajectory(cell, i, recipe) for i in range(wanted)}
         redo = [f"trajectory {i}: {why}" for i, why in reasons.items() if why]

@@ -13,7 +13,7 @@ def prepared_dir(cfg: Config, dataset: str | None = None) -> Path:
 
 
 def experts_dir(cfg: Config, recipe: str = "tgdd") -> Path:
-    """The trajectories of one recipe (tgdd.protocols.EXPERT_RECIPES) for a data set, arch and experts'
+    """The trajectories of one recipe (tgdd.resolve.EXPERT_RECIPES) for a data set, arch and experts'
     seed (``experts.seed``: shared by the distillation seeds)."""
     return cfg.paths.results / "experts" / cfg.dataset / recipe / cfg.experts.arch / f"seed{cfg.experts_seed}"
 

@@ -2,20 +2,16 @@
 DC/DSA/DM one).
 
 Plain data, apart from the training loop, so that configs and the Snakefile can check protocol
-names and resolve their settings without importing torch.
+names without importing torch; :mod:`tgdd.resolve` turns a config into the settings a protocol or
+an expert recipe trains with.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
 
-from tgdd.dsa_strategy import without_flip
 from tgdd.registry import Registry
-
-if TYPE_CHECKING:
-    from tgdd.config import Config
 
 
 @dataclass(frozen=True)
@@ -126,91 +122,3 @@ def subset_epochs(images_per_class: int, num_classes: int) -> int:
         epochs = int(2 / 3 * epochs)
         epochs -= epochs % 100
     return epochs
-
-
-def protocol_settings(cfg: Config, images_per_class: int | None = None) -> TrainSettings:
-    """The protocol's training settings: epochs from the config if set, else the SPEC's rule for
-    the 128 px subsets under protocol ``tgdd``, else the protocol's; flips removed for data sets
-    whose labels a mirror image would change, where the protocol's code base does so."""
-    from tgdd.data.registry import get_dataset
-
-    protocol = PROTOCOLS.get(cfg.evaluate.protocol)
-    settings = protocol.train
-    spec = get_dataset(cfg.dataset)
-    if cfg.evaluate.epochs is not None:
-        settings = replace(settings, epochs=cfg.evaluate.epochs)
-    elif cfg.evaluate.protocol == "tgdd" and spec.image_size >= 128 and images_per_class is not None:
-        settings = replace(settings, epochs=subset_epochs(images_per_class, spec.num_classes))
-    if protocol.drops_flip and not spec.flip:
-        settings = replace(settings, augment=without_flip(settings.augment))
-    return settings
-
-
-@dataclass(frozen=True)
-class ExpertRecipe:
-    """A code base's recipe for expert trajectories, read from its config section."""
-
-    description: str
-    section: Callable[[Config], Any]  # the config section holding its keys
-    settings: Callable[[Config], TrainSettings]
-    stream: str  # prefix of its random streams ('' for the first recipe, whose streams predate recipes)
-
-
-def _tgdd_settings(cfg: Config) -> TrainSettings:
-    e = cfg.experts
-    return TrainSettings(e.epochs, e.batch_size, e.lr, e.momentum, e.weight_decay, "idc", 0.2, e.augment,
-                         e.augment_semantics, e.cutmix_prob, e.cutmix_beta)  # fmt: skip
-
-
-def _mtt_settings(cfg: Config) -> TrainSettings:
-    m = cfg.experts.mtt
-    return TrainSettings(m.epochs, m.batch_size, m.lr, m.momentum, m.weight_decay, "constant", 1.0, m.augment,
-                         m.augment_semantics, 0.0)  # fmt: skip
-
-
-EXPERT_RECIPES: Registry[ExpertRecipe] = Registry("expert recipe")
-EXPERT_RECIPES.add(
-    "tgdd",
-    ExpertRecipe(
-        "IDC/DANCE/TGDD pretrain.py: SGD 0.01 m0.9 wd5e-4, batch 64, lr x0.2 after 2E//3 and 5E//6, color_crop "
-        "(IDC semantics) + CutMix p0.5 (section experts)",
-        lambda cfg: cfg.experts,
-        _tgdd_settings,
-        "",
-    ),
-)
-EXPERT_RECIPES.add(
-    "mtt",
-    ExpertRecipe(
-        "MTT buffer.py: SGD 0.01, no momentum, no weight decay, constant lr, batch 256, DSA one group per batch "
-        "(MTT's align_corners), no CutMix, 50 epochs (section experts.mtt)",
-        lambda cfg: cfg.experts.mtt,
-        _mtt_settings,
-        "mtt",
-    ),
-)
-
-
-def expert_settings(cfg: Config, recipe: str = "tgdd") -> TrainSettings:
-    """The training settings of ``recipe``'s trajectories under ``cfg``."""
-    return EXPERT_RECIPES.get(recipe).settings(cfg)
-
-
-def num_trajectories(cfg: Config, recipe: str = "tgdd") -> int:
-    return EXPERT_RECIPES.get(recipe).section(cfg).num_trajectories
-
-
-def expert_recipe(cfg: Config, recipe: str = "tgdd") -> dict:
-    """What makes a trajectory this config's, resolved (torch-free): its recipe, network, training
-    data subset and every training setting as it runs. Not how many trajectories there are, nor how
-    often a run is checkpointed: neither changes a trajectory."""
-    settings = expert_settings(cfg, recipe)
-    named = {} if recipe == "tgdd" else {"recipe": recipe}  # (the first recipe's records predate recipes)
-    return {
-        **named,
-        "arch": cfg.experts.arch,
-        "train_per_class": cfg.experts.train_per_class,
-        **asdict(settings),
-        "trained_epochs": settings.trained_epochs(),
-        "milestone_epochs": settings.milestone_epochs(),
-    }

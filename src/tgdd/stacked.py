@@ -29,7 +29,9 @@ accuracies against separate runs for every network of the evaluation zoo.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +42,9 @@ from torch.func import functional_call, stack_module_state, vmap
 from tgdd.augment import DiffAugment
 from tgdd.progress import bar
 from tgdd.protocols import TrainSettings
-from tgdd.train import DrawnBatch, draw_batch, end_epoch, sgd_schedule
+from tgdd.train import DrawnBatch, Resumable, draw_batch, end_epoch, sgd_schedule
+
+log = logging.getLogger(__name__)
 
 STACKABLE_MODULES: tuple[type[nn.Module], ...] = (
     nn.Conv2d,
@@ -81,6 +85,23 @@ def can_stack(model: nn.Module) -> bool:
     return stack_refusal(model) is None
 
 
+def use_stacking(choice: str, device: torch.device, models: Sequence[nn.Module], what: str) -> bool:
+    """Whether ``models`` (the R evaluation runs of one architecture, or the missing expert
+    trajectories of a recipe) train as one stacked training, under ``choice`` (``evaluate.stack_runs``,
+    ``experts.stack``). Never one network alone (the separate loop, bit for bit) nor networks
+    :func:`stack_refusal` refuses (said in the log, naming ``what``). ``auto``: on CUDA (one kernel
+    launch per layer for all networks instead of one per network: training there is launch-bound),
+    never on the CPU, where stacking measured slower on the main job's evaluation (grouped
+    convolutions; ``benchmarks/stacked_eval.py``, ``benchmarks/results/stacked_eval_cpu.md``)."""
+    if choice == "never" or len(models) < 2:
+        return False
+    reason = stack_refusal(models[0])
+    if reason is not None:
+        log.warning("%s: networks train one after another, not stacked: %s", what, reason)
+        return False
+    return choice == "always" or device.type == "cuda"
+
+
 def stacked_loss(logits: torch.Tensor, batches: Sequence[DrawnBatch]) -> torch.Tensor:
     """Sum over networks of ``lam*CE(y_a) + (1-lam)*CE(y_b)`` (``logits``: ``[K, B, classes]``).
     Networks share no parameter, so each one's gradient is that of its own loss."""
@@ -117,6 +138,52 @@ def unstack_into(
                 tensor.copy_(buffers[name][k])
 
 
+def network_optimizer_state(stacked: dict[str, Any], k: int) -> dict[str, Any]:
+    """Network ``k``'s share of a stacked SGD's ``state_dict``: exactly the ``state_dict`` of the
+    optimiser of its separate run (same parameter order, its slice of every momentum buffer), so
+    a checkpoint of a stacked training resumes a separate run and the other way round."""
+    state = {
+        index: {name: value[k].clone() if torch.is_tensor(value) else value for name, value in entry.items()}
+        for index, entry in stacked["state"].items()
+    }
+    return {"state": state, "param_groups": copy.deepcopy(stacked["param_groups"])}
+
+
+def stacked_optimizer_state(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The stacked SGD ``state_dict`` of K networks' separate ones (inverse of :func:`network_optimizer_state`)."""
+    first = states[0]
+    state = {
+        index: {
+            name: torch.stack([s["state"][index][name] for s in states]) if torch.is_tensor(value) else value
+            for name, value in entry.items()
+        }
+        for index, entry in first["state"].items()
+    }
+    return {"state": state, "param_groups": copy.deepcopy(first["param_groups"])}
+
+
+def _resume(
+    models: Sequence[nn.Module],
+    gens: Sequence[torch.Generator],
+    rngs: Sequence[np.random.Generator],
+    resumables: Sequence[Resumable],
+) -> tuple[int, list[dict[str, Any]] | None]:
+    """Restore every network from its own checkpoint (all or none, at one epoch) and return the
+    first epoch to train and the saved blobs (None: a fresh start)."""
+    blobs = [r.checkpointer.resume_blob for r in resumables]
+    if all(blob is None for blob in blobs):
+        return 1, None
+    epochs = {blob["epoch"] if blob is not None else 0 for blob in blobs}
+    if len(epochs) != 1:
+        raise ValueError(f"stacked networks resume from one epoch, their checkpoints are at {sorted(epochs)}")
+    for model, gen, rng, resumable, blob in zip(models, gens, rngs, resumables, blobs, strict=True):
+        model.load_state_dict(blob["model"])
+        gen.set_state(blob["generator"])
+        rng.bit_generator.state = blob["numpy_rng"]
+        resumable.load_extra(blob["extra"])
+    return epochs.pop() + 1, blobs
+
+
 def train_stacked(
     models: Sequence[nn.Module],
     images: torch.Tensor,
@@ -127,13 +194,22 @@ def train_stacked(
     gens: Sequence[torch.Generator],
     rngs: Sequence[np.random.Generator],
     progress: str | None = None,
+    on_epoch_end: Callable[[int, Sequence[nn.Module]], None] | None = None,
+    resumables: Sequence[Resumable] | None = None,
 ) -> list[nn.Module]:
     """Train ``models`` (K >= 2 networks of one architecture, :func:`can_stack`) as one stacked
     training on ``images`` (floats in [0,1]); network ``k`` uses ``gens[k]`` and ``rngs[k]`` as its
     separate run would. Returns the same modules, trained in place and in eval mode: equal to K
-    separate :func:`tgdd.train.train_classifier` runs within float rounding."""
+    separate :func:`tgdd.train.train_classifier` runs within float rounding.
+
+    ``on_epoch_end(epoch, models)`` sees every network after each epoch (expert snapshots). With
+    ``resumables`` (one per network), each network is checkpointed after epochs in its separate
+    run's own format and file, and restored from it, so a stacked training resumes a separate
+    one's checkpoint and the other way round."""
     if not (len(models) == len(gens) == len(rngs)) or len(models) < 2:
         raise ValueError(f"train_stacked needs K >= 2 models with one generator and rng each, got {len(models)}")
+    if resumables is not None and len(resumables) != len(models):
+        raise ValueError(f"train_stacked needs one resumable per model, got {len(resumables)} for {len(models)}")
     for model in models:
         reason = stack_refusal(model)
         if reason is not None:
@@ -141,14 +217,19 @@ def train_stacked(
     device = images.device
     mean, std = mean.to(device), std.to(device)
     augment = DiffAugment(settings.augment, settings.augment_semantics)
+    first_epoch, blobs = _resume(models, gens, rngs, resumables) if resumables is not None else (1, None)
     for model in models:
         model.train()
     params, buffers = stack_module_state(list(models))
     template = copy.deepcopy(models[0]).to("meta")
     forward = stacked_forward(template)
     optimizer, scheduler = sgd_schedule(list(params.values()), settings)
+    if blobs is not None:
+        optimizer.load_state_dict(stacked_optimizer_state([blob["optimizer"] for blob in blobs]))
+        scheduler.load_state_dict(blobs[0]["scheduler"])  # one schedule: every network's is the same
     n = len(images)
-    for epoch in bar(range(1, settings.trained_epochs() + 1), show=progress is not None, desc=progress, leave=False):
+    epochs = range(first_epoch, settings.trained_epochs() + 1)
+    for epoch in bar(epochs, show=progress is not None, desc=progress, leave=False):
         orders = [torch.randperm(n, generator=gen, device=gen.device).to(device) for gen in gens]
         for start in range(0, n, settings.batch_size):
             batches = [
@@ -162,7 +243,42 @@ def train_stacked(
             loss.backward()
             optimizer.step()
         end_epoch(optimizer, scheduler, settings, epoch)
+        if on_epoch_end is None and resumables is None:
+            continue
+        unstack_into(models, params, buffers)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, models)
+        if resumables is not None:
+            _checkpoint(epoch, models, optimizer, scheduler, gens, rngs, resumables)
     unstack_into(models, params, buffers)
     for model in models:
         model.eval()
     return list(models)
+
+
+def _checkpoint(
+    epoch: int,
+    models: Sequence[nn.Module],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    gens: Sequence[torch.Generator],
+    rngs: Sequence[np.random.Generator],
+    resumables: Sequence[Resumable],
+) -> None:
+    """Each network's checkpoint when due (every network's, then the stop if one was requested)."""
+    stacked_state = optimizer.state_dict()
+    for k, (model, gen, rng, resumable) in enumerate(zip(models, gens, rngs, resumables, strict=True)):
+        resumable.checkpointer.save_if_due(
+            epoch,
+            lambda k=k, model=model, gen=gen, rng=rng, resumable=resumable: {
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": network_optimizer_state(stacked_state, k),
+                "scheduler": scheduler.state_dict(),
+                "generator": gen.get_state(),
+                "numpy_rng": rng.bit_generator.state,
+                "extra": resumable.save_extra(),
+            },
+        )
+    for resumable in resumables:
+        resumable.checkpointer.stop_if_requested(epoch)

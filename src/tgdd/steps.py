@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tgdd import paths
@@ -35,8 +36,8 @@ def prepare(cfg: Config) -> list[Path]:
 def experts_recipe(cfg: Config) -> str:
     """The trajectories `tgdd experts` trains by default: those of ``distill.method`` (its card's
     recipe), else TGDD's."""
+    from tgdd.cards import METHODS
     from tgdd.config import is_imported_method
-    from tgdd.methods import METHODS
 
     method = cfg.distill.method
     if is_imported_method(method) or not METHODS.get(method).needs_trajectories:
@@ -48,7 +49,7 @@ def experts(cfg: Config, index: int | None = None, gather: bool = False, recipe:
     """Every trajectory of a recipe and its manifest; with ``index``, that one trajectory only (one
     workflow job); with ``gather``, only the manifest, from the finished trajectory files."""
     from tgdd.experts import gather as gather_manifest
-    from tgdd.protocols import EXPERT_RECIPES, num_trajectories
+    from tgdd.resolve import EXPERT_RECIPES, num_trajectories
 
     recipe = recipe or experts_recipe(cfg)
     EXPERT_RECIPES.get(recipe)
@@ -162,8 +163,9 @@ def matrix_configs(cfg: Config) -> list[Config]:
 def plan(cfg: Config) -> list[tuple[str, Config, str]]:
     """The steps ``pipeline`` would run now, in order, each with why: what is missing, and what
     was made under other settings or from inputs that changed since (:mod:`tgdd.freshness`)."""
+    from tgdd.cards import METHODS
     from tgdd.freshness import Freshness
-    from tgdd.methods import METHODS, check_cells
+    from tgdd.resolve import check_cells
 
     fresh = Freshness()
     steps_to_run: list[tuple[str, Config, str]] = []
@@ -227,9 +229,17 @@ def pipeline(cfg: Config, dry_run: bool = False) -> list[Path]:
                 continue
             log.info("%s (%s)", describe(step, step_cfg), reason)
             started = time.perf_counter()
-            written += globals()[step](step_cfg)
+            written += MATRIX_STEPS[step](step_cfg)
             log.info("%s: done in %.1f s", describe(step, step_cfg), time.perf_counter() - started)
     return written
 
 
+# The steps a plan is made of, by name, in their order (`tgdd <step>` runs the same functions).
+MATRIX_STEPS: dict[str, Callable[..., list[Path]]] = {
+    "prepare": prepare,
+    "experts": experts,
+    "distill": distill,
+    "evaluate": evaluate,
+    "report": report,
+}
 UPSTREAM_STEPS = ("prepare", "experts")

@@ -19,14 +19,25 @@ from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
+from tgdd.plugins import load_plugins, plugin_modules
+
+load_plugins()  # TGDD_PLUGINS, before tgdd.config is imported: a plugin's card adds a section to its schema
+
 from tgdd import paths
+from tgdd.cards import METHODS
 from tgdd.config import load_config, section_settings
-from tgdd.freshness import resolved_distill, resolved_evaluation, resolved_experts
 from tgdd.data.registry import get_dataset
 from tgdd.errors import TgddError
-from tgdd.protocols import EXPERT_RECIPES, PROTOCOLS, num_trajectories
-from tgdd.methods import METHODS, check_cells, checks_config
-from tgdd.plugins import plugin_modules
+from tgdd.protocols import PROTOCOLS
+from tgdd.resolve import (
+    EXPERT_RECIPES,
+    check_cells,
+    checks_config,
+    num_trajectories,
+    resolved_distill,
+    resolved_evaluation,
+    resolved_experts,
+)
 
 # ---------------------------------------------------------------------------------------------
 # The config file.

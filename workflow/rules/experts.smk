@@ -1,5 +1,5 @@
-# Expert trajectories, per recipe (tgdd.protocols.EXPERT_RECIPES: TGDD's for TGDD, DANCE and
-# herding, MTT's for MTT): shared by every method that needs them (tgdd.methods: needs_trajectories,
+# Expert trajectories, per recipe (tgdd.resolve.EXPERT_RECIPES: TGDD's for TGDD, DANCE and
+# herding, MTT's for MTT): shared by every method that needs them (tgdd.cards: needs_trajectories,
 # expert_recipe), whatever the methods and IPCs; the distill jobs of the other methods do not wait for them
 # (distill_inputs in common.smk). One job per trajectory, each its own output file, GPU request,
 # log and benchmark: the N trajectories of a (data set, arch, experts seed) run at once on N GPUs, and a

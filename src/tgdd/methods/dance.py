@@ -16,18 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tgdd.augment import normalize  # noqa: F401  (re-exported for tests)
+from tgdd.cards.dance import DANCESettings
 from tgdd.experts import StateDict
-from tgdd.methods import DANCESettings, DistillContext, implements
-from tgdd.methods.matching import (
-    Iteration,
-    MatchingMethod,
-    Phase,
-    _class_ids,
-    matching_phase,
-    segment_mean,
-    synthetic_batch,
-)
+from tgdd.methods import DistillContext, implements
+from tgdd.methods.loop import Iteration, Phase, Terms, class_batch, class_batches, segment_mean
+from tgdd.methods.matching import MatchingMethod, matching_phase, synthetic_batch
 
 
 def interpolate_state(start: StateDict, end: StateDict, lam: float) -> StateDict:
@@ -52,20 +45,19 @@ def calibration_phase(it: Iteration, trained: nn.Module) -> Phase:
     ctx, s = it.ctx, it.ctx.settings
     weight = s.of(DANCESettings).calib_weight
 
-    def one(c: int, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        syn = it.space.network_input(synthetic_batch(images, s, ctx.gen))
-        (syn,) = it.augment.siamese(syn, gen=ctx.gen)
+    def synthetic(images: torch.Tensor) -> torch.Tensor:
+        return it.space.network_input(synthetic_batch(images, s, ctx.gen))
+
+    def one(c: int, images: torch.Tensor) -> tuple[torch.Tensor, Terms]:
+        (syn,) = class_batch(it, c, images, synthetic, real=False)
         ce = calibration_loss(trained, syn, c)
         loss = weight * ce
         return loss, {"loss": loss.detach(), "calibration": ce.detach()}
 
-    def batched(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        num_classes = len(images) // s.ipc
-        syns = [synthetic_batch(images[c * s.ipc : (c + 1) * s.ipc], s, ctx.gen) for c in range(num_classes)]
-        ids = _class_ids([len(x) for x in syns], ctx.device)
-        (syn,) = it.augment.siamese_per_group((it.space.network_input(torch.cat(syns)),), (ids,), num_classes, ctx.gen)
-        per_image = F.cross_entropy(trained(syn), ids, reduction="none")
-        ce = segment_mean(per_image.unsqueeze(1), ids, num_classes).squeeze(1)
+    def batched(images: torch.Tensor) -> tuple[torch.Tensor, Terms]:
+        b = class_batches(it, images, synthetic, real=False)
+        per_image = F.cross_entropy(trained(b.syn), b.syn_ids, reduction="none")
+        ce = segment_mean(per_image.unsqueeze(1), b.syn_ids, b.num_classes).squeeze(1)
         loss = weight * ce
         return loss, {"loss": loss.detach().sum(), "calibration": ce.detach().sum()}
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tgdd.augment import normalize
+from tgdd.cards.datadam import DataDAMSettings
 from tgdd.errors import TgddError
-from tgdd.methods import DataDAMSettings, DistillContext, DistillOutput, implements
-from tgdd.methods.matching import DM, Iteration, Phase, _class_ids, segment_mean
+from tgdd.methods import DistillContext, implements
+from tgdd.methods.loop import Iteration, Phase, Terms, class_batches, segment_mean
+from tgdd.methods.matching import DM
 from tgdd.models import FAMILIES
 from tgdd.synthetic import decode
 
@@ -105,21 +106,17 @@ def attention_phase(it: Iteration, own: DataDAMSettings, blocks: list[int]) -> P
     synthetic images under one siamese DSA draw (independent per class), then one forward for all
     real images and one for all synthetic images, the loss of :func:`datadam_loss`. Terms
     ``loss``, ``attention`` (unweighted, summed over the matched layers) and ``mmd`` (unweighted)."""
-    ctx, s = it.ctx, it.ctx.settings
-    mean, std = it.space.mean, it.space.std
+    s = it.ctx.settings
 
-    def batched(images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        num_classes = len(images) // s.ipc
-        reals = [it.real.next(c, ctx.gen) for c in range(num_classes)]
-        syns = [decode(images[c * s.ipc : (c + 1) * s.ipc], s.factor) for c in range(num_classes)]
-        real_ids = _class_ids([len(r) for r in reals], ctx.device)
-        syn_ids = _class_ids([len(x) for x in syns], ctx.device)
-        real, syn = normalize(torch.cat(reals), mean, std), it.space.network_input(torch.cat(syns))
-        real, syn = it.augment.siamese_per_group((real, syn), (real_ids, syn_ids), num_classes, ctx.gen)
+    def synthetic(images: torch.Tensor) -> torch.Tensor:
+        return it.space.network_input(decode(images, s.factor))
+
+    def batched(images: torch.Tensor) -> tuple[torch.Tensor, Terms]:
+        b = class_batches(it, images, synthetic)
         with torch.no_grad():
-            real_taps = it.extractor.activations(real)
-        syn_taps = it.extractor.activations(syn)
-        loss, attention, mmd = datadam_loss(real_taps, syn_taps, real_ids, syn_ids, num_classes, own, blocks)
+            real_taps = it.extractor.activations(b.real)
+        syn_taps = it.extractor.activations(b.syn)
+        loss, attention, mmd = datadam_loss(real_taps, syn_taps, b.real_ids, b.syn_ids, b.num_classes, own, blocks)
         terms = {"loss": loss.detach().sum(), "attention": attention.detach().sum(), "mmd": mmd.detach().sum()}
         return loss, terms
 
@@ -142,9 +139,8 @@ class DataDAM(DM):
     def phases(self, it: Iteration, nets) -> list[Phase]:
         return [attention_phase(it, it.ctx.settings.of(DataDAMSettings), self.blocks(it.ctx))]
 
-    def run(self, ctx: DistillContext) -> DistillOutput:
+    def check(self, ctx: DistillContext) -> None:
         self.blocks(ctx)  # refuse a bad network or layer list before any compute
-        return super().run(ctx)
 
 
 implements("datadam", DataDAM())

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,27 +35,33 @@ import torch.nn.functional as F
 from torch import nn
 
 from tgdd.augment import DiffAugment, normalize
+from tgdd.cards import METHODS
+from tgdd.cards.idm import IDMSettings
 from tgdd.data.prepared import REAL_BATCHES, ClassSampler
 from tgdd.errors import TgddError
-from tgdd.methods import METHODS, DistillContext, DistillOutput, IDMSettings, implements
-from tgdd.methods.matching import (
+from tgdd.methods import DistillContext, implements
+from tgdd.methods.loop import (
+    ImageMethod,
     ImageState,
     Iteration,
-    LoopState,
+    MatchingState,
+    Measured,
     Phase,
     Space,
+    Step,
     Terms,
-    _class_ids,
     add_terms,
     batched_classes,
-    mmd_loss,
+    class_batch,
+    class_batches,
     run_phase,
     segment_mean,
+    term_means,
 )
+from tgdd.methods.matching import mmd_loss
 from tgdd.models import build_model
 from tgdd.models.convnet import ConvNet
 from tgdd.models.zoo import FeatureClassifier
-from tgdd.progress import bar
 from tgdd.runtime import seeded_init
 from tgdd.synthetic import initial_images
 
@@ -217,8 +222,9 @@ class NetQueue:
 
 
 @dataclass
-class IDMState(LoopState):
-    """:class:`LoopState` plus the queue (networks, their optimisers' momentum, their meters)."""
+class IDMState(MatchingState):
+    """:class:`MatchingState` plus the queue (networks, their optimisers' momentum, their meters), saved
+    after the records."""
 
     queue: NetQueue | None = None
 
@@ -262,40 +268,31 @@ def idm_phase(it: Iteration, accuracy: float, ce_weight: float) -> Phase:
     seed), :func:`idm_class_loss`. Terms ``loss``, ``mmd``, ``ce`` (unweighted) and ``accuracy`` (the
     weight's accuracy, %, per class: the records' class mean is the accuracy itself)."""
     ctx, s = it.ctx, it.ctx.settings
-    mean, std = it.space.mean, it.space.std
     net = it.extractor
     acc = torch.tensor(accuracy, device=ctx.device)
 
+    def expanded(images: torch.Tensor) -> torch.Tensor:
+        return partition_and_expand(it.space.network_input(images), s.factor)
+
     def one(c: int, images: torch.Tensor) -> tuple[torch.Tensor, Terms]:
-        real = normalize(it.real.next(c, ctx.gen), mean, std)
-        syn = partition_and_expand(it.space.network_input(images), s.factor)
-        real, syn = it.augment.siamese(real, syn, gen=ctx.gen)
+        real, syn = class_batch(it, c, images, expanded)
         loss, mmd, ce = idm_class_loss(net, real, syn, c, accuracy, ce_weight)
         return loss, {"loss": loss.detach(), "mmd": mmd, "ce": ce, "accuracy": acc}
 
     def batched(images: torch.Tensor) -> tuple[torch.Tensor, Terms]:
-        num_classes = len(images) // s.ipc
-        reals = [it.real.next(c, ctx.gen) for c in range(num_classes)]
-        syns = [
-            partition_and_expand(it.space.network_input(images[c * s.ipc : (c + 1) * s.ipc]), s.factor)
-            for c in range(num_classes)
-        ]
-        real_ids = _class_ids([len(r) for r in reals], ctx.device)
-        syn_ids = _class_ids([len(x) for x in syns], ctx.device)
-        real, syn = normalize(torch.cat(reals), mean, std), torch.cat(syns)
-        real, syn = it.augment.siamese_per_group((real, syn), (real_ids, syn_ids), num_classes, ctx.gen)
+        b = class_batches(it, images, expanded)
         with torch.no_grad():
-            real_means = segment_mean(net.features(real), real_ids, num_classes)
-        syn_features = net.features(syn)
-        mmd = (real_means - segment_mean(syn_features, syn_ids, num_classes)).pow(2).sum(1)
-        per_image = F.cross_entropy(logits_of(net, syn, syn_features), syn_ids, reduction="none")
-        ce = segment_mean(per_image.unsqueeze(1), syn_ids, num_classes).squeeze(1)
+            real_means = segment_mean(net.features(b.real), b.real_ids, b.num_classes)
+        syn_features = net.features(b.syn)
+        mmd = (real_means - segment_mean(syn_features, b.syn_ids, b.num_classes)).pow(2).sum(1)
+        per_image = F.cross_entropy(logits_of(net, b.syn, syn_features), b.syn_ids, reduction="none")
+        ce = segment_mean(per_image.unsqueeze(1), b.syn_ids, b.num_classes).squeeze(1)
         loss = mmd + (ce * accuracy) * ce_weight
         terms = {
             "loss": loss.detach().sum(),
             "mmd": mmd.detach().sum(),
             "ce": ce.detach().sum(),
-            "accuracy": acc * num_classes,
+            "accuracy": acc * b.num_classes,
         }
         return loss, terms
 
@@ -321,8 +318,8 @@ def matching_mode(net: nn.Module) -> Iterator[nn.Module]:
 # --- the loop -----------------------------------------------------------------------------------
 
 
-class IDM:
-    """The IDM loop (``IDM_cifar10.py`` l. 163-359), one iteration:
+class IDM(ImageMethod):
+    """The IDM loop (``IDM_cifar10.py`` l. 163-359; the loop itself is :class:`ImageMethod`'s), one iteration:
 
     1. reset every meter when ``it`` is a positive multiple of ``meter_reset_interval``;
     2. push when ``it % net_generate_interval == 0``;
@@ -372,15 +369,10 @@ class IDM:
             queue.train(index, shared["batches"], gen)
         return functools.reduce(add_terms, totals)
 
-    def run(self, ctx: DistillContext) -> DistillOutput:
-        self.check(ctx)
-        s, device = ctx.settings, ctx.device
-        num_classes = ctx.train.num_classes
+    def prepare(self, ctx: DistillContext, state: IDMState, space: Space) -> Step:
+        """The iteration (:meth:`iteration`) with what it shares across iterations."""
+        s = ctx.settings
         terms = METHODS.get(s.method).terms  # "loss" first
-        space = Space(s.image_space == "normalised", ctx.train.mean.to(device), ctx.train.std.to(device))
-        state = self.initial_state(ctx, space)
-        if ctx.checkpoint is not None and ctx.checkpoint.resume_blob is not None:
-            state.restore(ctx.checkpoint.resume_blob, ctx.gen)
         shared = {
             "augment": DiffAugment(s.dsa_strategy, s.augment_semantics),
             "space": space,
@@ -388,26 +380,11 @@ class IDM:
             # the queue's networks match in eval mode: batch norm uses running statistics, no class mixes
             "batched": batched_classes(ctx, False, self.arch(ctx)),
         }
-        progress = bar(show=ctx.progress, total=s.iterations, initial=state.iteration, desc=f"distill {s.method}")
-        while state.iteration < s.iterations:
-            it = state.iteration
-            totals = self.iteration(ctx, state, shared)
-            zero = torch.zeros((), device=device)
-            means = (torch.stack([totals.get(t, zero) for t in terms]) / num_classes).tolist()  # one host sync
-            if not (math.isfinite(means[0]) and bool(torch.isfinite(state.images.images).all())):
-                what = f"loss became {means[0]}" if not math.isfinite(means[0]) else "images became non-finite"
-                raise TgddError(
-                    f"{s.method}: {what} at iteration {it}; the last good checkpoint is kept "
-                    "(lower distill.lr_img and rerun)"
-                )
-            if it % s.log_every == 0 or it == s.iterations - 1:
-                state.records.append({"iteration": it, **dict(zip(terms, means, strict=True))})
-            state.iteration += 1
-            progress.update()
-            if ctx.checkpoint is not None:
-                ctx.checkpoint.after_iteration(state.iteration, lambda: state.to_checkpoint(ctx.gen))
-        progress.close()
-        return DistillOutput(space.to_pixels(state.images.images.detach()), state.records)
+
+        def step(state: IDMState) -> Measured:
+            return term_means(self.iteration(ctx, state, shared), terms, ctx.train.num_classes, ctx.device)
+
+        return step
 
 
 implements("idm", IDM())

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,11 +32,12 @@ from torch import nn
 from torch.func import functional_call
 
 from tgdd.augment import DiffAugment
+from tgdd.cards import METHODS
+from tgdd.cards.mtt import MTTSettings
 from tgdd.errors import TgddError
-from tgdd.methods import METHODS, DistillContext, DistillOutput, MTTSettings, implements
-from tgdd.methods.matching import ImageState, Space
+from tgdd.methods import DistillContext, DistillOutput, implements
+from tgdd.methods.loop import ImageMethod, ImageState, LoopState, Measured, Space, Step
 from tgdd.models import build_model
-from tgdd.progress import bar
 from tgdd.synthetic import initial_images
 
 LR_MOMENTUM = 0.5  # optimizer_lr = SGD([syn_lr], lr=lr_lr, momentum=0.5), hard-coded (distill.py l. 139)
@@ -195,46 +196,37 @@ def matching_loss(final: torch.Tensor, start: torch.Tensor, target: torch.Tensor
 
 
 @dataclass
-class MTTState:
-    """Everything an MTT run needs to continue exactly where it stopped."""
+class MTTState(LoopState):
+    """:class:`LoopState` plus the learnable lr, its optimiser and the expert cycle."""
 
-    images: ImageState
     syn_lr: torch.Tensor  # the learnable scalar lr, a 0-dim leaf
     lr_optimizer: torch.optim.SGD
     experts: ExpertCycle
-    iteration: int = 0
-    records: list[dict[str, float]] = field(default_factory=list)
 
-    def to_checkpoint(self, gen: torch.Generator) -> dict[str, Any]:
+    def own_state(self) -> dict[str, Any]:
         return {
-            "iteration": self.iteration,
-            "images": self.images.images.detach().cpu(),
-            "optimizer": copy.deepcopy(self.images.optimizer.state_dict()),
             "syn_lr": self.syn_lr.detach().cpu(),
             "lr_optimizer": copy.deepcopy(self.lr_optimizer.state_dict()),
             "experts": self.experts.state_dict(),
-            "generator": gen.get_state(),
-            "records": list(self.records),
         }
 
-    def restore(self, blob: Mapping[str, Any], gen: torch.Generator) -> None:
+    def load_own_state(self, blob: Mapping[str, Any]) -> None:
         with torch.no_grad():
-            self.images.images.copy_(blob["images"])
             self.syn_lr.copy_(blob["syn_lr"])
-        self.images.optimizer.load_state_dict(copy.deepcopy(blob["optimizer"]))
         self.lr_optimizer.load_state_dict(copy.deepcopy(blob["lr_optimizer"]))
         self.experts.load_state_dict(blob["experts"])
-        gen.set_state(blob["generator"])
-        self.iteration, self.records = int(blob["iteration"]), list(blob["records"])
 
 
-class MTT:
-    """The MTT loop (distill.py l. 185-396), one iteration:
+class MTT(ImageMethod):
+    """The MTT loop (distill.py l. 185-396; the loop itself is :class:`ImageMethod`'s), one iteration:
 
     1. the next expert (:class:`ExpertCycle`) and a start epoch t (:func:`draw_start_epoch`);
     2. theta_N by :func:`unroll` from theta*_t with the current images and syn_lr;
     3. :func:`matching_loss` against theta*_{t+M}; one backward; one step of each optimiser.
     """
+
+    unstable = "images or syn_lr"
+    remedy = "lower distill.lr_img or distill.mtt.lr_lr"
 
     def check(self, ctx: DistillContext) -> None:
         s, own = ctx.settings, ctx.settings.of(MTTSettings)
@@ -251,6 +243,8 @@ class MTT:
 
     def initial_state(self, ctx: DistillContext, space: Space) -> MTTState:
         s, own, train = ctx.settings, ctx.settings.of(MTTSettings), ctx.train
+        if own.expert_selection == "cycle":  # one buffer file's experts in memory at a time, as theirs holds
+            ctx.trajectories.keep_at_most(own.experts_per_file)
         init = initial_images(ctx.sampler, train.num_classes, s.ipc, 1, s.init, ctx.gen).to(ctx.device)
         images = ImageState(space.from_pixels(init), s.ipc, s.lr_img, s.momentum)
         syn_lr = torch.tensor(own.lr_teacher, device=ctx.device).requires_grad_(True)
@@ -258,16 +252,11 @@ class MTT:
         experts = ExpertCycle(len(ctx.trajectories.snapshots), own.experts_per_file, own.expert_selection, ctx.gen)
         return MTTState(images, syn_lr, lr_optimizer, experts)
 
-    def run(self, ctx: DistillContext) -> DistillOutput:
-        self.check(ctx)
+    def prepare(self, ctx: DistillContext, state: MTTState, space: Space) -> Step:
+        """The student network (its own parameters unused: the forward takes theta's views) and the iteration
+        (steps 1-3 above; records ``loss``, the lr this iteration used and the start epoch)."""
         s, own, device, train = ctx.settings, ctx.settings.of(MTTSettings), ctx.device, ctx.train
         terms = METHODS.get(s.method).terms
-        space = Space(True, train.mean.to(device), train.std.to(device))
-        if own.expert_selection == "cycle":  # one buffer file's experts in memory at a time, as theirs holds
-            ctx.trajectories.keep_at_most(own.experts_per_file)
-        state = self.initial_state(ctx, space)
-        if ctx.checkpoint is not None and ctx.checkpoint.resume_blob is not None:
-            state.restore(ctx.checkpoint.resume_blob, ctx.gen)
         augment = DiffAugment(s.dsa_strategy, s.augment_semantics)
         channels, size = train.images.shape[1], train.images.shape[2]
         net = build_model(ctx.cfg.experts.arch, channels, size, train.num_classes).to(device).train()
@@ -275,9 +264,8 @@ class MTT:
         layout = FlatLayout.of(net)
         labels = torch.arange(train.num_classes, device=device).repeat_interleave(s.ipc)  # class-major, fixed
         snapshots = ctx.trajectories.snapshots
-        progress = bar(show=ctx.progress, total=s.iterations, initial=state.iteration, desc=f"distill {s.method}")
-        while state.iteration < s.iterations:
-            it = state.iteration
+
+        def step(state: MTTState) -> Measured:
             expert = state.experts.next(ctx.gen)
             start_epoch = draw_start_epoch(own.max_start_epoch, ctx.gen)
             start = layout.flatten(snapshots[expert][start_epoch], device)
@@ -294,24 +282,14 @@ class MTT:
             state.images.optimizer.step()
             state.lr_optimizer.step()
             values = torch.stack([loss.detach(), lr_used, state.syn_lr.detach()]).tolist()  # one host sync
-            finite = bool(torch.isfinite(state.images.images).all()) and all(map(math.isfinite, values))
-            if not finite:
-                what = (
-                    f"loss became {values[0]}" if not math.isfinite(values[0]) else "images or syn_lr became non-finite"
-                )
-                raise TgddError(
-                    f"{s.method}: {what} at iteration {it}; the last good checkpoint is kept "
-                    "(lower distill.lr_img or distill.mtt.lr_lr and rerun)"
-                )
-            if it % s.log_every == 0 or it == s.iterations - 1:
-                row = {"loss": values[0], "syn_lr": values[1], "start_epoch": float(start_epoch)}
-                state.records.append({"iteration": it, **{t: row[t] for t in terms}})
-            state.iteration += 1
-            progress.update()
-            if ctx.checkpoint is not None:
-                ctx.checkpoint.after_iteration(state.iteration, lambda: state.to_checkpoint(ctx.gen))
-        progress.close()
-        learned = {"syn_lr": float(state.syn_lr.detach()), "syn_lr_initial": own.lr_teacher}
+            row = {"loss": values[0], "syn_lr": values[1], "start_epoch": float(start_epoch)}
+            return Measured(values[0], {t: row[t] for t in terms}, finite=all(map(math.isfinite, values)))
+
+        return step
+
+    def output(self, ctx: DistillContext, state: MTTState, space: Space) -> DistillOutput:
+        """The images, and the lr learned beside them."""
+        learned = {"syn_lr": float(state.syn_lr.detach()), "syn_lr_initial": ctx.settings.of(MTTSettings).lr_teacher}
         return DistillOutput(space.to_pixels(state.images.images.detach()), state.records, extra=learned)
 
 

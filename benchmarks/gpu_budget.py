@@ -17,10 +17,10 @@ import argparse
 from collections import defaultdict
 from pathlib import Path
 
+from tgdd.cards import METHODS
 from tgdd.config import load_config
 from tgdd.cost import distill_work, evaluation_work, trajectory_work
-from tgdd.methods import METHODS
-from tgdd.protocols import num_trajectories
+from tgdd.resolve import num_trajectories
 from tgdd.steps import matrix_configs
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ backward recorded with ``create_graph=True`` until the final backward, so the pe
 ``syn_steps x batch_syn``. Each case runs the real ``MTT().run(ctx)`` in its own subprocess on random
 inputs (a fake prepared split of random uint8 images, fake trajectories of three randomly initialised
 snapshots repeated to the epochs the settings need, so they cost three snapshots of memory) and reports the
-process's peak beyond imports, data and those snapshots (``benchmarks/speed.py``'s ``MemoryMeter``: peak
+process's peak beyond imports, data and those snapshots (``tgdd_bench.machine.MemoryMeter``: peak
 resident set on CPU, ``max_memory_allocated`` on CUDA). The trajectories a real run holds come on top and
 are given in their own column (one buffer file of MTT's experts: 10 x 51 snapshots, what its cycle holds).
 
@@ -33,17 +33,19 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import MemoryMeter, busy_cores, describe_machine, fake_split, fmt, md_table, now, random_snapshot
-
+from tgdd.cards.mtt import MTTSettings
 from tgdd.config import build_config
 from tgdd.data.prepared import ClassSampler
 from tgdd.data.registry import get_dataset
 from tgdd.experts import Trajectories
-from tgdd.methods import DistillContext, MTTSettings, resolve_settings
+from tgdd.methods import DistillContext
 from tgdd.methods.mtt import MTT, FlatLayout
 from tgdd.models import build_model
+from tgdd.resolve import resolve_settings
 from tgdd.runtime import generator, resolve_device
+from tgdd_bench.fixtures import fake_split, random_snapshot
+from tgdd_bench.machine import MemoryMeter, busy_cores, describe_machine, now
+from tgdd_bench.markdown import fmt, md_table
 
 MIB = 2**20
 RESULT_PREFIX = "RESULT "

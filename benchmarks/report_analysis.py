@@ -7,7 +7,7 @@ Usage::
 The paper's largest set is TinyImageNet at IPC 50 with f = 2: 40,000 decoded images, embedded by
 ConvNet-4 at 64 px into 2,048 features. Each case runs the project's own code in its own subprocess on
 generated inputs (no data files, no trained expert) and measures the process's peak resident set (VmHWM;
-``benchmarks/speed.py``'s ``MemoryMeter`` explains why not ``ru_maxrss``):
+``tgdd_bench.machine.MemoryMeter`` explains why not ``ru_maxrss``):
 
 - ``metrics``: :func:`tgdd.analysis.overlap_metrics` (exact kNN purity and silhouette from blocks of the
   distance matrix, class balance) on 40,000 x 2,048 float32 embeddings of 200 classes (class centres plus
@@ -33,8 +33,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 MIB = 2**20
 RESULT = "RESULT "
@@ -197,9 +195,8 @@ def paper_request() -> tuple[int, dict[str, int]]:
 
 def markdown(run: dict) -> str:
     """The report of one run (what :func:`main` measured and saved as JSON)."""
-    from speed import md_table
-
     from tgdd import analysis_budget as budget
+    from tgdd_bench.markdown import md_table
 
     results, sizes, threads, minutes, load = (
         run["results"], Sizes(**run["sizes"]), run["threads"], run["minutes"], run["load"]
@@ -310,7 +307,8 @@ def main() -> None:
         print(markdown(run))
         return
     import torch
-    from speed import busy_cores, describe_machine
+
+    from tgdd_bench.machine import busy_cores, describe_machine
 
     start = time.perf_counter()
     machine = describe_machine(torch.device("cpu"), args.threads)

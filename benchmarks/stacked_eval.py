@@ -12,7 +12,7 @@ runs one after another (:func:`tgdd.train.train_classifier`, today's path) and t
 one stacked training (:func:`tgdd.stacked.train_stacked`). Separate and stacked alternate, each
 measured ``--repeats`` times after an untimed one-epoch warm-up, and the fastest of each is kept (the machine is shared). It writes
 ``<out>/stacked_eval_<device>.md``: machine, torch version, seconds and the ratio separate/stacked
-per cell. ``evaluate.stack_runs: auto`` follows these ratios (tgdd.evaluate.use_stacking).
+per cell. ``evaluate.stack_runs: auto`` follows these ratios (tgdd.stacked.use_stacking).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 from tgdd.artifacts import cpu_model
 from tgdd.config import load_config
 from tgdd.models import build_model
-from tgdd.protocols import protocol_settings
+from tgdd.resolve import protocol_settings
 from tgdd.runtime import derive_seed, generator, numpy_rng, seeded_init
 from tgdd.stacked import train_stacked
 from tgdd.train import train_classifier

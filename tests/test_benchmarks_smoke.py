@@ -1,9 +1,11 @@
-"""benchmarks/speed.py: its FLOP counter against hand computations, and the quick run end to end."""
+"""benchmarks/: the FLOP counter (tgdd_bench.flops) against hand computations, each script end to end, and the
+layout (scripts import the package, never each other)."""
 
 from __future__ import annotations
 
+import ast
 import csv
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -20,56 +22,57 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
 
 
 @pytest.fixture(scope="module")
-def speed() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("benchmark_speed", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+def flops() -> ModuleType:
+    """``tgdd_bench.flops``, imported as the scripts import it: with ``benchmarks/`` on ``sys.path``."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(SCRIPT.parent))
+        return importlib.import_module("tgdd_bench.flops")
 
 
-def test_flops_of_a_single_conv(speed):
+def test_flops_of_a_single_conv(flops):
     conv = nn.Conv2d(3, 16, kernel_size=5, stride=2, padding=1)
     # output 15 x 15: N * Cout * Hout * Wout * Cin * k * k
-    assert speed.count_macs(conv, (4, 3, 32, 32)) == 4 * 16 * 15 * 15 * 3 * 5 * 5
-    assert speed.count_flops(conv, (4, 3, 32, 32)) == 2 * 4 * 16 * 15 * 15 * 3 * 5 * 5
+    assert flops.count_macs(conv, (4, 3, 32, 32)) == 4 * 16 * 15 * 15 * 3 * 5 * 5
+    assert flops.count_flops(conv, (4, 3, 32, 32)) == 2 * 4 * 16 * 15 * 15 * 3 * 5 * 5
     grouped = nn.Conv2d(8, 16, kernel_size=3, padding=1, groups=4)
-    assert speed.count_macs(grouped, (2, 8, 10, 10)) == 2 * 16 * 10 * 10 * (8 // 4) * 3 * 3
+    assert flops.count_macs(grouped, (2, 8, 10, 10)) == 2 * 16 * 10 * 10 * (8 // 4) * 3 * 3
 
 
-def test_flops_of_convnet3_at_32px(speed):
+def test_flops_of_convnet3_at_32px(flops):
     model = build_model("convnet-3", 3, 32, 10)
     conv1 = 32 * 32 * 128 * 3 * 9
     conv2 = 16 * 16 * 128 * 128 * 9
     conv3 = 8 * 8 * 128 * 128 * 9
     linear = 2048 * 10
-    assert speed.count_macs(model, (2, 3, 32, 32)) == 2 * (conv1 + conv2 + conv3 + linear)
-    assert speed.count_macs(model, (2, 3, 32, 32), call="features") == 2 * (conv1 + conv2 + conv3)
+    assert flops.count_macs(model, (2, 3, 32, 32)) == 2 * (conv1 + conv2 + conv3 + linear)
+    assert flops.count_macs(model, (2, 3, 32, 32), call="features") == 2 * (conv1 + conv2 + conv3)
     # 28 px single-channel input is padded by 3 and acts as 32 px (SPEC §4)
     fashion = build_model("convnet-3", 1, 28, 10)
-    assert speed.count_macs(fashion, (1, 1, 28, 28)) == 32 * 32 * 128 * 9 + conv2 + conv3 + linear
+    assert flops.count_macs(fashion, (1, 1, 28, 28)) == 32 * 32 * 128 * 9 + conv2 + conv3 + linear
 
 
-def test_iteration_flops_by_hand(speed):
+def test_iteration_flops_by_hand(flops):
     """Per class: real batch forward through the features; synthetic batch forward + input gradient through
     the features and through the whole expert. The batched path does the same work."""
     model = build_model("convnet-3", 3, 32, 10)
     shape = (1, 3, 32, 32)
-    features, forward = speed.layer_calls(model, shape, "features"), speed.layer_calls(model, shape, "forward")
+    features, forward = flops.layer_calls(model, shape, "features"), flops.layer_calls(model, shape, "forward")
     f = 32 * 32 * 128 * 3 * 9 + 16 * 16 * 128 * 128 * 9 + 8 * 8 * 128 * 128 * 9
     full = f + 2048 * 10
     expected = 10 * 2 * (128 * f + 40 * 2 * f + 40 * 2 * full)
     for batched in (False, True):
-        work = speed.distill_work(features, forward, real=128, syn=40, classes=10, batched=batched)
+        work = flops.distill_work(features, forward, real=128, syn=40, classes=10, batched=batched)
         assert sum(w.flops for w in work) == expected
     # a training step: forward, weight gradients, input gradients except the first layer's
-    step = speed.training_work(forward, [64])
+    step = flops.training_work(forward, [64])
     assert sum(w.flops for w in step) == 2 * 64 * (3 * full - 32 * 32 * 128 * 3 * 9)
 
 
 @pytest.mark.slow
-def test_quick_run_writes_report(tmp_path, speed):
+def test_quick_run_writes_report(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    from tgdd_bench.speed.analysis import CSV_COLUMNS
+
     out = tmp_path / "results"
     command = [sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--threads", "1", "--device", "cpu"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
@@ -80,7 +83,7 @@ def test_quick_run_writes_report(tmp_path, speed):
     assert "achieved / attainable" in markdown and "self CPU" in markdown
     with (out / "speed_cpu.csv").open() as handle:
         reader = csv.DictReader(handle)
-        assert tuple(reader.fieldnames or ()) == speed.CSV_COLUMNS
+        assert tuple(reader.fieldnames or ()) == CSV_COLUMNS
         rows = list(reader)
     sections = {r["section"] for r in rows}
     assert sections == {"distillation", "training"}
@@ -110,11 +113,36 @@ def test_overhead_quick_run_measures_every_command(tmp_path):
     assert "| tgdd --help |" in (tmp_path / "overhead_cpu.md").read_text()
 
 
+def imported_modules(path: Path) -> set[str]:
+    """The top-level names of every absolute import in ``path``, those inside functions too."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_scripts_share_code_through_the_package_only():
+    """No benchmark script imports another script, and the package imports none: the shared code is
+    ``tgdd_bench``. ``gpu_cell_report.py`` imports neither (it runs on a Python without tgdd)."""
+    folder = SCRIPT.parent
+    scripts = {path.stem for path in folder.glob("*.py")}
+    assert {"speed", "mtt_memory", "report_analysis", "gpu_check"} <= scripts
+    for path in [*folder.glob("*.py"), *(folder / "tgdd_bench").rglob("*.py")]:
+        assert not imported_modules(path) & scripts, path.name
+    report_helper = imported_modules(folder / "gpu_cell_report.py") - set(sys.stdlib_module_names)
+    assert report_helper <= {"torch"}  # torch only inside ``try`` (its version, where no record gave it)
+    assert "tgdd_bench" in imported_modules(SCRIPT) and "tgdd_bench" in imported_modules(folder / "mtt_memory.py")
+
+
 def test_gpu_budget_counts_scale_with_the_config(tmp_path, monkeypatch):
     """benchmarks/gpu_budget.py: more evaluation runs or trajectories scale exactly their stage."""
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    import gpu_budget
     import yaml
+
+    import gpu_budget
 
     def counts(**sections):
         tree = {"dataset": "mnist", "matrix": {"datasets": ["mnist"], "methods": ["tgdd", "random"], "ipcs": [1]}}
@@ -144,14 +172,16 @@ def test_gpu_check_counts_flops_and_runs_the_cpu_side_without_cuda(tmp_path, mon
         assert "GPU side skipped: no CUDA device" in capsys.readouterr().out
         report = (tmp_path / "gpu_check_cpu.md").read_text()
         assert report.count("| yes |") == 4 and "| NO |" not in report
+        assert "against separate runs" in report and "(tolerance 1.0e-03): ok" in report  # tgdd.stacked on the device
 
 
 def test_gpu_check_pass_leaves_the_shared_inputs_untouched(monkeypatch):
     """A pass builds its own leaves: on the CPU ``.to("cpu")`` returns the shared tensor itself, so marking it
     as requiring grad leaked into the next pass (on CUDA: a non-leaf copy whose ``.grad`` stayed None)."""
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    import gpu_check
     import torch
+
+    import gpu_check
 
     case = gpu_check.tiny_case()
     shared = {"real": case.real, "syn": case.syn, "mean": case.mean, "std": case.std}

@@ -41,7 +41,7 @@ format: setup
 	$(BIN)/ruff check --fix $(LINTED) && $(BIN)/ruff format $(LINTED)
 	$(SNAKEFMT) $(SNAKEFILES)
 
-## Regenerate the files derived from the typed config (workflow schema, README key table).
+## Regenerate the files derived from the typed config (workflow schema, docs/configuration.md key table).
 generated: setup
 	$(BIN)/python workflow/scripts/write_schema.py
 	$(BIN)/python -m tgdd.docs

@@ -2,6 +2,9 @@
 throwaway copy of the project; or listed below with the reason it cannot run here, or the test that
 runs it. A command the README gains that is neither run nor listed fails
 :func:`test_every_readme_command_is_run_or_listed` (README.md is read when the tests are collected).
+The same holds for the documents that blocks moved to from the README (``DOCS``: docs/interchange.md
+holds its import/export recipe), and the inline ``tgdd ...`` commands of the README and of the
+documents that took over its reference sections (``INLINE_DOCS``) parse.
 
 The copy holds what the commands name: a config file literally called ``C`` (the README's
 placeholder; tiny settings, absolute paths), a DM result file ``res_DM_CIFAR10_ConvNet_10ipc.pt``,
@@ -36,6 +39,10 @@ from .conftest import TINY
 from .test_workflow import REPO, env, make_project, run
 
 README = REPO / "README.md"
+# The documents whose shell blocks are run or listed here: the README and where its blocks moved.
+DOCS = (README, REPO / "docs" / "interchange.md")
+# The documents whose inline `tgdd ...` commands must parse: the README and where its prose moved.
+INLINE_DOCS = (README, REPO / "docs" / "pipeline.md", REPO / "docs" / "configuration.md")
 SHELLS = {"bash", "sh", "shell", "console", "zsh"}
 OPENERS = re.compile(r"^\s*(for|while|until|if|case)\b|;\s*(for|while|until|if|case)\b")
 CLOSERS = re.compile(r"\b(done|fi|esac)\b")
@@ -46,19 +53,26 @@ CLOSERS = re.compile(r"\b(done|fi|esac)\b")
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Command:
-    line: int  # README line of its first line
+    line: int  # line of its first line in its document
     text: str  # without comments; continuation lines joined; a loop with its body
+    doc: str = "README.md"  # its document, relative to the repository root
 
 
 @dataclass(frozen=True)
 class Block:
-    line: int  # README line of the opening fence
+    line: int  # line of the opening fence in its document
     commands: tuple[Command, ...]
+    doc: str = "README.md"
 
     @property
     def id(self) -> str:
         first = self.commands[0].text.split()[0] if self.commands else "empty"
-        return f"line{self.line}-{first}"
+        prefix = "" if self.doc == "README.md" else Path(self.doc).stem + "-"
+        return f"{prefix}line{self.line}-{first}"
+
+    @property
+    def where(self) -> str:
+        return f"{self.doc} line {self.line}"
 
 
 def _strip_comment(line: str) -> str:
@@ -74,7 +88,7 @@ def _strip_comment(line: str) -> str:
     return line.rstrip()
 
 
-def _commands(lines: list[tuple[int, str]], console: bool) -> tuple[Command, ...]:
+def _commands(lines: list[tuple[int, str]], console: bool, doc: str = "README.md") -> tuple[Command, ...]:
     """Logical commands: ``\\`` continuations joined, a ``for ... done`` kept whole."""
     out: list[Command] = []
     pending: list[str] = []
@@ -94,15 +108,16 @@ def _commands(lines: list[tuple[int, str]], console: bool) -> tuple[Command, ...
         if text.endswith("\\") or depth > 0:
             continue
         joined = "\n".join(pending).replace("\\\n", " ")
-        out.append(Command(start, re.sub(r"[ \t]+", " ", joined).strip()))
+        out.append(Command(start, re.sub(r"[ \t]+", " ", joined).strip(), doc))
         pending, depth = [], 0
-    assert not pending, f"README line {start}: unfinished command {pending}"
+    assert not pending, f"{doc} line {start}: unfinished command {pending}"
     return tuple(out)
 
 
-def readme_blocks(text: str | None = None) -> list[Block]:
-    """The README's fenced shell blocks (```bash, ```sh, ```console, ...), in order."""
-    lines = (text if text is not None else README.read_text()).splitlines()
+def readme_blocks(text: str | None = None, doc: Path = README) -> list[Block]:
+    """The fenced shell blocks (```bash, ```sh, ```console, ...) of the README (or ``doc``), in order."""
+    name = doc.relative_to(REPO).as_posix()
+    lines = (text if text is not None else doc.read_text()).splitlines()
     blocks, i = [], 0
     while i < len(lines):
         fence = re.match(r"^(```+|~~~+)\s*([\w-]*)", lines[i])
@@ -112,7 +127,7 @@ def readme_blocks(text: str | None = None) -> list[Block]:
         end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith(fence.group(1))), len(lines))
         if fence.group(2).lower() in SHELLS:
             body = [(j + 1, lines[j]) for j in range(i + 1, end)]
-            blocks.append(Block(i + 1, _commands(body, fence.group(2).lower() == "console")))
+            blocks.append(Block(i + 1, _commands(body, fence.group(2).lower() == "console", name), name))
         i = end + 1
     return blocks
 
@@ -151,6 +166,21 @@ RULES = [
         lambda text: f"{text} -n",
     ),
     Rule(r"snakemake --profile slurm\b", "skip", "submits every job of the paper preset to a SLURM cluster"),
+    # docs/interchange.md: its synopsis and its recipe on the paper preset (the README's recipe, moved
+    # there, is the block these tests run)
+    Rule(
+        r"tgdd (import-synthetic --format (idc|mtt) |(import|export)-synthetic .*\[)",
+        "skip",
+        "a synopsis: optional arguments in [brackets], and the authors' own files (data_best.pt, images_best.pt), "
+        "which exist only where their code ran (each format's import: tests/test_interchange.py)",
+    ),
+    Rule(
+        r"(?s)(C=\S+$|.*\$C\b)",
+        "elsewhere",
+        "docs/interchange.md's recipe on C=config/paper.yaml (a GPU preset, the real CIFAR-10): "
+        "tests/test_interchange.py::test_imported_set_is_evaluated_and_reported_beside_ours runs the same "
+        "steps (import a DM set, evaluate it and one of ours under protocols tgdd and dc, report) on the digits",
+    ),
     Rule(r"(for .*; do\s+)*tgdd ", "run", "tiny settings in C, CIFAR-10 as random pixels"),
     Rule(r"dvc metrics show$", "run", "reads the metrics.json that `tgdd report` wrote"),
     Rule(
@@ -175,7 +205,7 @@ def _script(block: Block) -> str:
     lines = ["set -e -o pipefail"]
     for command in block.commands:
         rule = rule_of(command)
-        assert rule is not None, f"README line {command.line}: {command.text}"
+        assert rule is not None, f"{command.doc} line {command.line}: {command.text}"
         if rule.kind in ("run", "env"):
             lines.append(command.text)
         elif rule.kind == "dry":
@@ -185,17 +215,17 @@ def _script(block: Block) -> str:
     return "\n".join(lines) + "\n"
 
 
-BLOCKS = readme_blocks()
+BLOCKS = [block for doc in DOCS for block in readme_blocks(doc=doc)]
 RUNNABLE = [b for b in BLOCKS if any(rule_of(c) and rule_of(c).kind in ("run", "dry") for c in b.commands)]
 # (a block of exports and servers alone runs nothing worth checking)
 
 
 def test_the_readme_has_shell_blocks():
-    assert BLOCKS and RUNNABLE
+    assert BLOCKS and RUNNABLE and any(b.doc == "README.md" for b in RUNNABLE)
 
 
 def test_every_readme_command_is_run_or_listed():
-    unlisted = [f"README line {c.line}: {c.text}" for b in BLOCKS for c in b.commands if rule_of(c) is None]
+    unlisted = [f"{c.doc} line {c.line}: {c.text}" for b in BLOCKS for c in b.commands if rule_of(c) is None]
     assert not unlisted, (
         "README commands that tests/test_readme_commands.py neither runs nor lists (add a Rule: how to run "
         "it here, or why it cannot run):\n" + "\n".join(unlisted)
@@ -203,10 +233,10 @@ def test_every_readme_command_is_run_or_listed():
 
 
 def test_every_rule_is_for_a_readme_command():
-    """A rule no README command matches any more is stale: remove it."""
+    """A rule no command of DOCS matches any more is stale: remove it."""
     commands = [c for b in BLOCKS for c in b.commands]
     stale = [rule.pattern for rule in RULES if not any(rule.matches(c) for c in commands)]
-    assert not stale, f"rules for commands the README no longer has: {stale}"
+    assert not stale, f"rules for commands the README (and DOCS) no longer have: {stale}"
 
 
 def test_commands_run_elsewhere_are_tested_there():
@@ -368,15 +398,16 @@ def test_readme_block_runs(block, project):
         if any(re.match(pattern, c.text) for c in block.commands):
             check(project, proc.stdout)
             checked += 1
-    assert checked, f"block at README line {block.line} runs, but nothing checks what it did: add to CHECKS"
+    assert checked, f"block at {block.where} runs, but nothing checks what it did: add to CHECKS"
 
 
 # ------------------------------------------------------------------------------------------------
 # Inline commands and the example error
 # ------------------------------------------------------------------------------------------------
 def _inline_tgdd_commands() -> list[str]:
-    """`tgdd ...` spans of the README's prose (joined across a line break) without placeholders."""
-    spans = [" ".join(s.split()) for s in re.findall(r"`(tgdd [^`]+)`", README.read_text())]
+    """`tgdd ...` spans of INLINE_DOCS' prose (joined across a line break) without placeholders."""
+    text = "\n".join(doc.read_text() for doc in INLINE_DOCS)
+    spans = [" ".join(s.split()) for s in re.findall(r"`(tgdd [^`]+)`", text)]
     placeholder = re.compile(r"[<\[]|\.\.\.|\b[A-Z]{1,5}\b")
     return sorted({s for s in spans if len(s.split()) > 2 and not placeholder.search(s)})  # not a step's name
 

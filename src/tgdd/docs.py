@@ -1,7 +1,8 @@
-"""Keeps generated parts of README.md (the configuration-key table) in sync with the code.
+"""Keeps the generated part of the documentation (the configuration-key table) in sync with the code.
 
-``python -m tgdd.docs`` rewrites the block between ``<!-- config-keys:start -->`` and
-``<!-- config-keys:end -->``; a test fails when the README is stale.
+``python -m tgdd.docs [FILE]`` rewrites the block between ``<!-- config-keys:start -->`` and
+``<!-- config-keys:end -->`` of FILE, by default ``docs/configuration.md`` (the README links to it
+rather than carrying the long table); a test fails when the file is stale.
 """
 
 from __future__ import annotations
@@ -13,16 +14,20 @@ from pathlib import Path
 from tgdd.config import keys_markdown
 
 START, END = "<!-- config-keys:start -->", "<!-- config-keys:end -->"
+TARGET = "docs/configuration.md"  # relative to the repository root, where `make generated` runs
 
 
-def render(readme: str) -> str:
+def render(text: str) -> str:
+    """``text`` with its key-table block (between START and END) regenerated from the config model."""
+    if START not in text or END not in text:  # a moved or deleted block: say so, never pass silently
+        raise ValueError(f"no {START} ... {END} block to regenerate")
     block = f"{START}\n{keys_markdown()}{END}"
-    return re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _m: block, readme, flags=re.S)
+    return re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _m: block, text, flags=re.S)
 
 
-def main(path: str = "README.md") -> int:
-    readme = Path(path)
-    readme.write_text(render(readme.read_text()))
+def main(path: str = TARGET) -> int:
+    target = Path(path)
+    target.write_text(render(target.read_text()))
     return 0
 
 

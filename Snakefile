@@ -6,7 +6,8 @@
 #   snakemake --profile slurm                      # on a SLURM cluster (see slurm/profile.yaml)
 #   snakemake --report report.html                 # tables and synthetic images
 #
-# Targets: all (default), prepare, experts, distill, evaluate, report. See workflow/README.md.
+# Targets: all (default), prepare, experts, distill, evaluate, continual (if continual.enabled), report.
+# See workflow/README.md.
 
 from snakemake.utils import min_version
 
@@ -21,6 +22,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/experts.smk"
 include: "workflow/rules/distill.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/continual.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -51,6 +53,11 @@ rule distill:
 rule evaluate:
     input:
         evaluation_targets(),
+
+
+rule continual:
+    input:
+        continual_targets(),
 
 
 rule report:

@@ -122,6 +122,8 @@ def published(method: str, dataset: str, ipc: int, family: str = "convnet") -> f
     with PUBLISHED.open() as handle:
         rows = csv.DictReader(line for line in handle if not line.startswith("#"))
         for row in rows:
+            if row.get("variant"):  # a variant's number (the ablation), not the method's
+                continue
             if (row["method"], row["dataset"], int(row["ipc"]), row["arch"]) == (method, dataset, ipc, family):
                 return float(row["accuracy"])
     return None

@@ -92,7 +92,7 @@ def test_paper_preset_request_is_bounded(paper_works):
     assert mem * MIB > budget.BASE_MB * MIB + pairwise_bytes(TINY_N, TINY_D)
     runtime, requested = report_request(list(paper_works.values()), 8)
     assert requested == mem and runtime < 4320  # within the default cap, 72 h
-    assert (runtime, mem) == (499, 3844)  # workflow/README.md, "Job resources"
+    assert (runtime, mem) == (626, 3844)  # workflow/README.md, "Job resources"
     second = report_request(list(paper_works.values()), 8, attempt=2)
     assert second == (math.ceil(runtime * 1.5), math.ceil(mem * 1.5))
     capped = report_request(list(paper_works.values()), 8, 3, max_runtime_min=runtime + 1, max_mem_mb=mem + 1)

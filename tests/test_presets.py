@@ -33,19 +33,21 @@ def test_paper_preset_covers_the_ten_datasets_with_spec_settings():
     assert (subset.experts.arch, subset.experts.epochs, subset.experts.batch_size) == ("convnet-5", 80, 128)
     assert cfg.with_overrides("dataset=tinyimagenet").experts.arch == "convnet-4"
     assert (cfg.experts.arch, cfg.experts.epochs) == ("convnet-3", 60)
-    assert {c.distill.method for c in cells} == {"tgdd", "dm", "dance", "idm", "datadam", "mtt", "random", "herding"}
+    methods = {"tgdd", "dm", "dance", "idm", "datadam", "mtt", "ftd", "m3d", "random", "herding"}
+    assert {c.distill.method for c in cells} == methods
     assert (cfg.experts.mtt.num_trajectories, cfg.experts.mtt.epochs) == (100, 50)  # MTT's buffer.py
+    assert (cfg.experts.ftd.num_trajectories, cfg.experts.ftd.epochs, cfg.experts.ftd.rho) == (100, 50, 0.01)
 
 
 def test_paper_preset_dry_run_lists_every_step(tmp_path, capsys):
     cfg = load_config(CONFIG / "paper.yaml", [f"paths.data={tmp_path}", f"paths.results={tmp_path}"])
     planned = steps.plan(cfg)
     kinds = pd.Series([step for step, _, _ in planned]).value_counts().to_dict()
-    # 10 data sets prepared, experts per data set (seed 0) and recipe (TGDD's, MTT's), 192 cells
+    # 10 data sets prepared, experts per data set (seed 0) and recipe (TGDD's, MTT's, FTD's), 240 cells
     # distilled and evaluated, 1 report
-    assert kinds == {"prepare": 10, "experts": 20, "distill": 192, "evaluate": 192, "report": 1}
+    assert kinds == {"prepare": 10, "experts": 30, "distill": 240, "evaluate": 240, "report": 1}
     steps.pipeline(cfg, dry_run=True)
-    assert capsys.readouterr().out.count("would run:") == 415
+    assert capsys.readouterr().out.count("would run:") == 521
 
 
 def test_command_line_overrides_win_over_per_dataset_settings():
@@ -106,3 +108,42 @@ def test_published_numbers_match_spec_and_sit_beside_ours():
     assert headline_metrics(ours)["cifar10"]["ipc10"]["tgdd"]["convnet-3/tgdd"] == {
         "mean": 60.0, "std": 1.0, "std_over": "runs (ddof=0)", "n_seeds": 1, "n_runs": 3, "epochs": 300
     }  # fmt: skip
+
+
+def _planned(name: str, tmp_path) -> dict[str, int]:
+    cfg = load_config(CONFIG / name, [f"paths.data={tmp_path}", f"paths.results={tmp_path}"])
+    return pd.Series([step for step, _, _ in steps.plan(cfg)]).value_counts().to_dict()
+
+
+def test_ablation_preset_is_the_papers_four_rows(tmp_path):
+    cfg = load_config(CONFIG / "paper_ablation.yaml")
+    cells = steps.matrix_configs(cfg)
+    assert {(c.dataset, c.distill.ipc) for c in cells} == {("cifar10", 10), ("cifar10", 50), ("cifar100", 10),
+                                                           ("cifar100", 50)}  # fmt: skip
+    rows = {c.variant: c for c in cells if c.dataset == "cifar10" and c.distill.ipc == 10}
+    assert list(rows) == ["none", "augmentation", "augmentation+mmd", "full"]
+    assert (rows["none"].distill.iterations, rows["none"].distill.dsa_strategy, rows["none"].evaluate.augment) == (
+        0, "none", "none")  # fmt: skip
+    assert (rows["augmentation"].distill.iterations, rows["augmentation"].evaluate.augment) == (0, "protocol")
+    assert rows["augmentation+mmd"].distill.tgdd.alpha == 0.0 and rows["full"].variant_overrides == {}
+    # one set of experts per data set, shared by the four rows; 16 cells distilled and evaluated
+    assert _planned("paper_ablation.yaml", tmp_path) == {"prepare": 2, "experts": 2, "distill": 16, "evaluate": 16,
+                                                         "report": 1}  # fmt: skip
+    published = published_results().query("table == 'ablation'")
+    assert published.set_index(["variant", "dataset", "ipc"])["accuracy"].to_dict()[("none", "cifar10", 10)] == 55.2
+    assert sorted(published["variant"].unique()) == sorted(rows)
+
+
+def test_sensitivity_preset_sweeps_one_key_per_variant(tmp_path):
+    cells = steps.matrix_configs(load_config(CONFIG / "paper_sensitivity.yaml"))
+    swept = {next(iter(c.variant_overrides)) for c in cells}
+    assert swept == {"distill.tgdd.alpha", "experts.num_trajectories", "experts.epochs", "distill.tgdd.expert_region"}
+    assert all(len(c.variant_overrides) == 1 for c in cells)
+    # own trajectories for N = 1..4 and E = 20, 40 (N = 5 and E = 60 are the shared ones)
+    assert _planned("paper_sensitivity.yaml", tmp_path)["experts"] == 7
+
+
+def test_continual_preset_runs_both_step_counts_on_cifar100(tmp_path):
+    cfg = load_config(CONFIG / "paper_continual.yaml")
+    assert cfg.continual.enabled and cfg.continual.steps == [5, 10] and cfg.dataset == "cifar100"
+    assert _planned("paper_continual.yaml", tmp_path)["continual"] == 5  # one step per cell, both counts in it

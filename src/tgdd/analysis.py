@@ -363,9 +363,10 @@ def _summarise(
 
 
 def synthetic_files(cfg: Config) -> list[Path]:
-    """Every ``synthetic.pt`` of ``cfg.dataset`` and ``cfg.seed`` (all methods and IPCs)."""
+    """Every ``synthetic.pt`` of ``cfg.dataset`` and ``cfg.seed`` (all methods, IPCs and variants)."""
     root = cfg.paths.results / "synthetic" / cfg.dataset
-    return sorted(root.glob(f"*/ipc*/seed{cfg.seed}/synthetic.pt"))
+    plain = root.glob(f"*/ipc*/seed{cfg.seed}/synthetic.pt")
+    return sorted([*plain, *root.glob(f"*/ipc*/seed{cfg.seed}/variant-*/synthetic.pt")])
 
 
 def analyze(
@@ -449,7 +450,8 @@ def analyze_dataset(
         if syn.meta.get("dataset", cfg.dataset) != cfg.dataset:
             raise TgddError(f"synthetic set {path} is for '{syn.meta.get('dataset')}', not '{cfg.dataset}'")
         method = str(syn.meta.get("method", path.parents[2].name))
-        ipc = int(syn.meta.get("ipc", path.parents[1].name.removeprefix("ipc")))
+        method += f" [{syn.meta['variant']}]" if syn.meta.get("variant") else ""  # a variant is a row of its own
+        ipc = int(syn.meta["ipc"])
         features = embed(model, syn.images, mean, std, device, batch, factor=syn.factor)
         labels = decode_labels(syn.labels, syn.factor)
         del syn

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from tgdd.artifacts import torch_load, torch_save
+from tgdd.efficiency import IterationClock
 from tgdd.errors import TgddError
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,8 @@ class Checkpointer:
         self.path, self.every, self.identity = Path(path), every, identity
         self.stop = stop if stop is not None else StopRequested()  # (an unset flag is falsy)
         self.resume_blob: dict[str, Any] | None = None
+        self.write_seconds = 0.0  # wall time spent writing checkpoints (tgdd.efficiency leaves it out)
+        self.clock = IterationClock()  # when each iteration ended (tgdd.efficiency: seconds per iteration)
         if self.path.is_file():
             try:
                 blob = torch_load(self.path, "checkpoint")
@@ -72,6 +76,7 @@ class Checkpointer:
 
     def after_iteration(self, iteration: int, state: Callable[[], dict[str, Any]]) -> None:
         """Checkpoint when due; on a requested stop, checkpoint and raise."""
+        self.clock.tick(self.write_seconds)
         self.save_if_due(iteration, state)
         self.stop_if_requested(iteration)
 
@@ -79,7 +84,9 @@ class Checkpointer:
         """Write the checkpoint if ``iteration`` is due or a stop was requested."""
         due = self.every > 0 and iteration % self.every == 0
         if due or self.stop:
+            started = time.perf_counter()
             torch_save(self.path, {"identity": self.identity, "state": state()})
+            self.write_seconds += time.perf_counter() - started
 
     def stop_if_requested(self, iteration: int) -> None:
         """Raise if a stop was requested (after :meth:`save_if_due` wrote the checkpoint)."""

@@ -21,6 +21,7 @@ STEPS = {
     "experts": "train the expert trajectories (N networks, E+1 snapshots each)",
     "distill": "distill one synthetic set (distill.method, distill.ipc)",
     "evaluate": "train fresh networks on a synthetic set and test them (evaluate.*)",
+    "continual": "class-incremental evaluation of a synthetic set in continual.steps steps (continual.*)",
     "report": "collect every evaluation into results/tables/summary.{csv,md}",
     "pipeline": "run the whole matrix (matrix.*) in one process, redoing only what is missing or out of date",
 }
@@ -50,7 +51,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
             one = p.add_mutually_exclusive_group()
             one.add_argument("--index", type=int, default=None, help="train only trajectory INDEX (one workflow job)")
             one.add_argument("--gather", action="store_true", help="only write the manifest from finished trajectories")
-            p.add_argument("--recipe", default=None, help="tgdd or mtt (default: distill.method's, else tgdd)")
+            p.add_argument("--recipe", default=None, help="tgdd, mtt or ftd (default: distill.method's, else tgdd)")
     _interchange_parsers(sub)
     show = sub.add_parser("config", help="print the resolved configuration as YAML")
     show.add_argument("--config", type=Path, default=None)

@@ -195,12 +195,55 @@ class EvaluateConfig(_Strict):
     protocol: str = Field("tgdd", description="tgdd (SPEC §5) or dc (the older DC/DSA/DM protocol)")
     runs: int = Field(3, ge=1, description="freshly initialised networks per architecture")
     epochs: int | None = Field(None, ge=1, description="null: the protocol's epochs")
+    augment: Literal["protocol", "none"] = Field(
+        "protocol",
+        description="the protocol's augmentation (DSA, CutMix where it has it), or none of it: the ablation's "
+        "rows without augmentation (config/paper_ablation.yaml)",
+    )
     stack_runs: Literal["auto", "always", "never"] = Field(
         "auto",
         description="train the runs of one architecture as one stacked training (torch.func; equal to separate "
         "runs within float rounding). auto: on CUDA, not on the CPU (measured slower there: "
         "benchmarks/results/stacked_eval_cpu.md); one run and networks that cannot stack: one after another",
     )
+
+
+class ContinualConfig(_Strict):
+    """Continual learning as an evaluation protocol (class-incremental, as DM's CL_DM.py; tgdd.continual)."""
+
+    enabled: bool = Field(
+        False,
+        description="run the class-incremental evaluation on every cell of the matrix (`tgdd pipeline`, Snakemake, "
+        "DVC); `tgdd continual` runs it on one cell whatever this says",
+    )
+    steps: list[int] = Field(
+        [5, 10], min_length=1, description="class-incremental step counts, one result file each (equal class groups)"
+    )
+    orders: int = Field(5, ge=1, description="seeded class orders (DM: np.random.seed(s) permutations, s = 0..4)")
+    runs: int = Field(3, ge=1, description="freshly initialised networks per order and step (DM: num_eval 3)")
+    protocol: str = Field("dc", description="training protocol of every network (DM's CL_DM.py: dc)")
+    epochs: int | None = Field(None, ge=1, description="null: the protocol's epochs")
+    arch: str = Field("convnet-3", description="network trained at every step (DM: ConvNet)")
+
+    @field_validator("steps")
+    @classmethod
+    def _positive_steps(cls, steps: list[int]) -> list[int]:
+        if any(n < 1 for n in steps) or len(set(steps)) != len(steps):
+            raise ValueError(f"steps must be distinct counts >= 1, got {steps}")
+        return steps
+
+    @field_validator("protocol")
+    @classmethod
+    def _known_protocol(cls, protocol: str) -> str:
+        PROTOCOLS.get(protocol)
+        return protocol
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        from tgdd.models import check_model_name
+
+        return check_model_name(arch)
 
 
 class TrackingConfig(_Strict):
@@ -213,6 +256,11 @@ class TrackingConfig(_Strict):
     )
 
 
+VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+CELL_KEYS = {"dataset", "seed", "variant", "distill.method", "distill.ipc"}  # what makes a cell a cell
+CELL_SECTIONS = {"matrix", "paths", "per_dataset", "tracking", "variant"}
+
+
 class MatrixConfig(_Strict):
     """The experiment matrix that `tgdd pipeline` and the workflow expand."""
 
@@ -223,12 +271,32 @@ class MatrixConfig(_Strict):
         [0], min_length=1, description="seeds of the matrix (each: distillation, evaluation; experts: experts.seed)"
     )
 
+    variants: dict[str, dict[str, Any]] = Field(
+        {},
+        description="named variants of every cell, each a few overrides applied last (e.g. "
+        "{alpha-0.5: {distill.tgdd.alpha: 0.5}}): an axis of the matrix for ablations and sweeps, in result "
+        "paths (variant-<name>), records, MLflow tags and the report; empty: no variant axis",
+    )
+
     @field_validator("ipcs")
     @classmethod
     def _positive(cls, ipcs: list[int]) -> list[int]:
         if any(ipc < 1 for ipc in ipcs):
             raise ValueError(f"every IPC must be >= 1, got {ipcs}")
         return ipcs
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names_and_keys(cls, variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, overrides in variants.items():
+            if not VARIANT_NAME.fullmatch(name):
+                raise ValueError(f"variant name '{name}' must match {VARIANT_NAME.pattern} (it is a path component)")
+            if not isinstance(overrides, dict):
+                raise ValueError(f"variant '{name}' must map config keys to values, got {overrides!r}")
+            for key in overrides:
+                if key in CELL_KEYS or key.split(".")[0] in CELL_SECTIONS:
+                    raise ValueError(f"variant '{name}' may not set '{key}': the matrix or the paths set it")
+        return variants
 
 
 class Config(_Strict):
@@ -242,13 +310,31 @@ class Config(_Strict):
     experts: ExpertsConfig = ExpertsConfig()
     distill: DistillConfig = DistillConfig()  # type: ignore[valid-type]
     evaluate: EvaluateConfig = EvaluateConfig()
+    continual: ContinualConfig = ContinualConfig()
     matrix: MatrixConfig = MatrixConfig()
     tracking: TrackingConfig = TrackingConfig()
     per_dataset: dict[str, dict[str, Any]] = Field(
         {}, description="partial configs merged in when that data set is selected (e.g. its IPCs, epochs)"
     )
+    variant: str | None = Field(
+        None, description="the variant of matrix.variants this cell runs (its overrides apply last); null: none"
+    )
 
     _source: tuple[dict[str, Any], tuple[str, ...]] = PrivateAttr(default=({}, ()))
+    _without_variant: Config | None = PrivateAttr(default=None)
+
+    @property
+    def variant_overrides(self) -> dict[str, Any]:
+        """The overrides of this cell's variant (none without one)."""
+        return dict(self.matrix.variants.get(self.variant, {})) if self.variant is not None else {}
+
+    def without_variant(self) -> Config:
+        """This cell without its variant's overrides: what the variant changes is the difference."""
+        if self.variant is None:
+            return self
+        if self._without_variant is None:
+            self._without_variant = self.with_overrides("variant=null")
+        return self._without_variant
 
     @property
     def experts_seed(self) -> int:
@@ -280,6 +366,9 @@ class Config(_Strict):
         check_strategy(self.experts.augment)
         for name in self.per_dataset:
             get_dataset(name)
+        if self.variant is not None and self.variant not in self.matrix.variants:
+            known = ", ".join(self.matrix.variants) or "none"
+            raise ValueError(f"unknown variant '{self.variant}' (matrix.variants: {known})")
         return self
 
 
@@ -381,14 +470,18 @@ def build_config(
     dataset = with_overrides.get("dataset", Config.model_fields["dataset"].default)
     per_dataset = with_overrides.get("per_dataset") or {}
     final = with_overrides
-    if isinstance(per_dataset, dict) and isinstance(per_dataset.get(dataset), dict):
+    merged = isinstance(per_dataset, dict) and isinstance(per_dataset.get(dataset), dict)
+    if merged:
         final = deep_merge(source, per_dataset[dataset])
         for key, value in pairs:
             set_dotted(final, key, value)
+    final = _with_variant(final)
     try:
         config = Config.model_validate(final)
     except ValidationError as error:
-        prefix = f"(with per_dataset.{dataset}) " if final is not with_overrides else ""
+        prefix = f"(with per_dataset.{dataset}) " if merged else ""
+        if final.get("variant") is not None:
+            prefix += f"(with variant {final['variant']}) "
         raise TgddError(prefix + _one_line(error)) from None
     config._source = (source, tuple(overrides or ()))
     if check_per_dataset:  # every per-dataset block must be valid, not only the selected one
@@ -396,6 +489,20 @@ def build_config(
             if name != config.dataset:
                 build_config(source, [*(overrides or ()), f"dataset={name}"], check_per_dataset=False)
     return config
+
+
+def _with_variant(tree: dict[str, Any]) -> dict[str, Any]:
+    """``tree`` with its variant's overrides applied last (after ``per_dataset`` and the command
+    line: a variant is what its cell is, e.g. an ablation row with zero iterations stays one under a
+    smoke test's ``distill.iterations=2``). Unknown variants and bad keys are left to validation."""
+    name = tree.get("variant")
+    variants = (tree.get("matrix") or {}).get("variants") if isinstance(tree.get("matrix"), dict) else None
+    if name is None or not isinstance(variants, dict) or not isinstance(variants.get(name), dict):
+        return tree
+    tree = copy.deepcopy(tree)
+    for key, value in variants[name].items():
+        set_dotted(tree, str(key), copy.deepcopy(value))
+    return tree
 
 
 def load_config(path: Path | None, overrides: list[str] | None = None) -> Config:

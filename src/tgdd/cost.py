@@ -200,11 +200,15 @@ class Work:
 
 
 def trajectory_work(cfg: Config, recipe: str) -> Work:
-    """One expert trajectory of ``recipe``: its trained epochs over the expert training images."""
+    """One expert trajectory of ``recipe``: its trained epochs over the expert training images (twice for GSAM)."""
     settings = expert_settings(cfg, recipe)
     net = network(cfg.experts.arch, cfg.dataset)
     images, epochs = expert_images(cfg), settings.trained_epochs()
-    return Work(flops=epochs * net.training_flops(images), train_steps=epochs * math.ceil(images / settings.batch_size))
+    passes = 1 if settings.sharpness is None else 2  # GSAM: a forward and backward at w and at w + e
+    return Work(
+        flops=passes * epochs * net.training_flops(images),
+        train_steps=passes * epochs * math.ceil(images / settings.batch_size),
+    )
 
 
 def _syn(settings) -> int:
@@ -270,9 +274,23 @@ def _mtt(cfg, settings, classes) -> Work:
     return Work(flops=2 * own["syn_steps"] * net.training_flops(own["batch_syn"]), train_steps=2 * own["syn_steps"])
 
 
-ITERATION_WORK = {"tgdd": _tgdd, "dm": _dm, "datadam": _dm, "dance": _dance, "idm": _idm, "mtt": _mtt}
+ITERATION_WORK = {
+    "tgdd": _tgdd,
+    "dm": _dm,
+    "datadam": _dm,
+    "dance": _dance,
+    "idm": _idm,
+    "mtt": _mtt,
+    "ftd": _mtt,
+    "m3d": _dm,
+}
 """One iteration, per method (DataDAM's attention maps are sums over the activations DM's pass
-computes anyway). A method not listed here (a plugin's) is counted as TGDD's matching."""
+computes anyway; FTD's is MTT's, its moving average one pass over the images; M3D's is DM's pass, its
+kernel matrices (real + synthetic rows)^2 x features per class, small beside the network's). A method
+not listed here (a plugin's) is counted as TGDD's matching."""
+
+UNROLLED = ("mtt", "ftd")
+"""Methods with MTT's unrolled student and its cycle of one buffer file of experts in memory."""
 
 
 def distill_work(cfg: Config) -> Work:
@@ -326,14 +344,14 @@ def on_cpu(cfg: Config) -> bool:
 
 
 def held_snapshots_bytes(cfg: Config) -> int:
-    """Expert snapshots a distillation holds: every trajectory's (MTT: one buffer file's)."""
+    """Expert snapshots a distillation holds: every trajectory's (MTT, FTD: one buffer file's)."""
     card = METHODS.get(cfg.distill.method)
     if not card.needs_trajectories:
         return 0
     recipe = card.expert_recipe
     settings = expert_settings(cfg, recipe)
     held = num_trajectories(cfg, recipe)
-    if cfg.distill.method == "mtt":
+    if cfg.distill.method in UNROLLED:
         held = min(held, resolve_settings(cfg).own["experts_per_file"])
     return held * (settings.trained_epochs() + 1) * network(cfg.experts.arch, cfg.dataset).snapshot_bytes
 
@@ -350,7 +368,7 @@ def working_bytes(cfg: Config, step: str) -> int:
     if not on_cpu(cfg):
         return 0
     net = network(cfg.experts.arch, cfg.dataset)
-    if step == "distill" and cfg.distill.method == "mtt":
+    if step == "distill" and cfg.distill.method in UNROLLED:
         return mtt_working_bytes(cfg)
     if step == "distill":
         settings = resolve_settings(cfg)

@@ -16,6 +16,7 @@ from tgdd.checkpoint import Checkpointer, stop_on_signals
 from tgdd.config import Config, config_dict
 from tgdd.data.prepared import ClassSampler, PreparedSplit, load_prepared
 from tgdd.data.registry import get_dataset
+from tgdd.efficiency import Meter
 from tgdd.errors import TgddError
 from tgdd.experts import load_trajectories
 from tgdd.methods import DistillContext, load_method
@@ -67,9 +68,13 @@ def run_distillation(
         checkpoint=checkpointer,
         progress=progress,
     )
+    resumed_at = int((checkpointer.resume_blob or {}).get("iteration", 0))
+    meter = Meter(device).start()
     with stop_on_signals() as stop:
         checkpointer.stop = stop
         output = method.run(ctx)
+    iterations = settings.iterations - resumed_at if card.optimizes_images else 0  # (selection: no iterations)
+    efficiency = meter.record(iterations, checkpointer.write_seconds, checkpointer.clock)
     labels = torch.arange(train.num_classes).repeat_interleave(settings.ipc)
     meta = {
         "dataset": cfg.dataset,
@@ -77,6 +82,7 @@ def run_distillation(
         "ipc": settings.ipc,
         "factor": settings.factor,
         "seed": cfg.seed,
+        **paths.variant_record(cfg),
         "num_classes": train.num_classes,
         "class_names": train.class_names,
         "settings": settings.record(),
@@ -84,6 +90,7 @@ def run_distillation(
         "inputs": inputs,
         **({"extra": output.extra} if output.extra else {}),  # what the method learned besides images
         **({"execution": ctx.execution} if ctx.execution else {}),  # how, where the settings left it open
+        "efficiency": efficiency,  # a measurement (tgdd.efficiency): never compared by freshness
         **provenance(str(device), timestamp=False),
     }
     out_dir = paths.synthetic_dir(cfg)

@@ -134,6 +134,7 @@ def evaluate_synthetic(cfg: Config, device: torch.device, progress: bool = True)
             "synthetic_file": str(syn_path),
             "test_sha256": test.sha256,
             "distill_seed": cfg.seed,
+            **paths.variant_record(cfg),
             "experts_seed": meta.get("inputs", {}).get("experts_seed"),  # None: made without trajectories
             **({"origin": meta["origin"]} if "origin" in meta else {}),  # an imported set's (tgdd.interchange)
             **provenance(str(device)),

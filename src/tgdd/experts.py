@@ -342,7 +342,11 @@ def train_experts(
     ]
     with seeded_init(0):  # a network to ask whether the architecture stacks (no global RNG drawn)
         probe = build_model(cfg.experts.arch, train.images.shape[1], train.images.shape[2], train.num_classes)
-    if use_stacking(cfg.experts.stack, device, [probe] * len(missing), f"{recipe} experts"):
+    stack = use_stacking(cfg.experts.stack, device, [probe] * len(missing), f"{recipe} experts")
+    if stack and expert_settings(cfg, recipe).sharpness is not None:  # GSAM's norms are per network
+        log.warning("%s experts: trained one after another, not stacked: their GSAM steps do not stack", recipe)
+        stack = False
+    if stack:
         train_group(cfg, out_dir, missing, train, test, device, recipe)
     else:
         for index in bar(range(num_trajectories(cfg, recipe)), desc=f"{recipe} trajectories", leave=False):

@@ -168,3 +168,31 @@ class Freshness:
         if synthetic.is_file() and result.get("synthetic_content_sha256") != self._synthetic_digest(synthetic):
             return "its synthetic set changed"
         return None
+
+    def continual(self, cell: Config, steps: int, synthetic_redone: bool) -> str | None:
+        """Why the class-incremental evaluation of the cell's synthetic set in ``steps`` steps must be redone."""
+        from tgdd.resolve import resolved_continual
+
+        path = paths.continual_file(cell, steps)
+        if not path.is_file():
+            return "missing"
+        if synthetic_redone:
+            return "its synthetic set is (re)distilled"
+        result = read_json(path)
+        wanted = resolved_continual(cell, self._factor(cell))
+        found = changes({k: result.get(k, _ABSENT) for k in wanted}, wanted, "continual", " (resolved)")
+        if found:
+            return ", ".join(found)
+        synthetic = paths.synthetic_file(cell)
+        if synthetic.is_file() and result.get("synthetic_content_sha256") != self._synthetic_digest(synthetic):
+            return "its synthetic set changed"
+        return None
+
+    def _factor(self, cell: Config) -> int | None:
+        """The factor of the cell's synthetic set, from its meta (None: no set yet)."""
+        synthetic = paths.synthetic_file(cell)
+        if not synthetic.is_file():
+            return None
+        from tgdd.synthetic import load_synthetic_meta
+
+        return load_synthetic_meta(synthetic).get("factor")

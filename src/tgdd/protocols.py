@@ -9,7 +9,8 @@ an expert recipe trains with.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from tgdd.registry import Registry
 
@@ -56,6 +57,16 @@ SCHEDULES.add(
 
 
 @dataclass(frozen=True)
+class Sharpness:
+    """A GSAM step instead of a plain one (FTD's buffer_FTD.py; :mod:`tgdd.gsam`): the ascent radius rho
+    (constant), the surrogate-gap coefficient alpha and whether the ascent is ASAM's (scaled by |w|)."""
+
+    rho: float
+    alpha: float
+    adaptive: bool = True
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     epochs: int  # the nominal E of the schedule (``trained_epochs`` says how many run)
     batch_size: int
@@ -68,6 +79,14 @@ class TrainSettings:
     augment_semantics: str  # how the strategy is read (tgdd.dsa_strategy.SEMANTICS)
     cutmix_prob: float
     cutmix_beta: float = 1.0
+    sharpness: Sharpness | None = None  # each step a GSAM step (FTD's experts); None: plain SGD steps
+
+    def record(self) -> dict[str, Any]:
+        """The settings as plain data; ``sharpness`` only where set, so that every other record stays as it was."""
+        fields = asdict(self)
+        if self.sharpness is None:
+            del fields["sharpness"]
+        return fields
 
     def trained_epochs(self) -> int:
         return SCHEDULES.get(self.schedule).trained_epochs(self.epochs)

@@ -37,8 +37,10 @@ SUMMARY_COLUMNS = [
     "factor",
     "seeds",
     "origin",
+    "variant",
+    "variant_overrides",
 ]
-CELL_KEYS = ["dataset", "ipc", "method", "arch", "protocol"]
+CELL_KEYS = ["dataset", "ipc", "method", "variant", "arch", "protocol"]
 """What one number of the tables describes."""
 SETTING_KEYS = ["epochs", "n_runs"]
 """Evaluation settings that seeds must share to be averaged together."""
@@ -76,6 +78,8 @@ def collect_results(eval_root: Path) -> pd.DataFrame:
                 "factor": r["factor"],
                 "seeds": " ".join(map(str, r["seeds"])),  # the evaluation runs' seeds
                 "origin": (r.get("origin") or {}).get("label", ""),  # imported sets (tgdd.interchange)
+                "variant": r.get("variant") or "",  # matrix.variants ("": none)
+                "variant_overrides": json.dumps(r["variant_overrides"], sort_keys=True) if r.get("variant") else "",
             }
         )
     if not rows:
@@ -110,6 +114,8 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
     ``mean``, ``std``, ``std_over`` (:func:`seed_statistics`), ``n_seeds`` (evaluated synthetic
     sets), ``distill_seeds`` and ``split`` (True when the cell's seeds were evaluated under more
     than one setting, so it has more than one row: those are never averaged together)."""
+    if "variant" not in frame:  # rows made without the variant axis
+        frame = frame.assign(variant="")
     rows = []
     for key, group in frame.groupby([*CELL_KEYS, *SETTING_KEYS], sort=True):
         cell = dict(zip([*CELL_KEYS, *SETTING_KEYS], key, strict=True))
@@ -127,6 +133,16 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
         )
     out = pd.DataFrame(rows)
     return out.assign(split=out.groupby(CELL_KEYS)["epochs"].transform("size") > 1)
+
+
+def row_label(method: str, variant: str) -> str:
+    """A table row's name: the method, and its variant in brackets where it has one."""
+    return f"{method} [{variant}]" if variant else method
+
+
+def _labelled(cells: pd.DataFrame) -> pd.DataFrame:
+    """``cells`` with ``method`` replaced by :func:`row_label` (variants are rows of their own)."""
+    return cells.assign(method=[row_label(m, v) for m, v in zip(cells["method"], cells["variant"], strict=True)])
 
 
 def format_value(mean: float, std: float | None) -> str:
@@ -186,7 +202,7 @@ def paper_table(frame: pd.DataFrame) -> str:
     """Rows: method; columns: dataset / IPC; values: mean ± std over distillation seeds
     (:func:`seed_statistics`); one table per arch and protocol, each with its legend."""
     blocks = []
-    for (arch, protocol), group in aggregate(frame).groupby(["arch", "protocol"], sort=True):
+    for (arch, protocol), group in _labelled(aggregate(frame)).groupby(["arch", "protocol"], sort=True):
         cells = group.assign(column=group["dataset"] + " IPC " + group["ipc"].astype(str))
         order = cells.sort_values(["dataset", "ipc"])["column"].drop_duplicates().tolist()
         blocks.append(f"### {arch}, protocol `{protocol}`\n\n" + _labelled_table(cells, ["method"], "column", order))
@@ -197,7 +213,7 @@ def cross_arch_table(frame: pd.DataFrame) -> str:
     """Rows: data set / IPC / method; columns: architecture (one table per protocol), values as
     in :func:`paper_table`."""
     blocks = []
-    for protocol, group in aggregate(frame).groupby("protocol", sort=True):
+    for protocol, group in _labelled(aggregate(frame)).groupby("protocol", sort=True):
         blocks.append(
             f"### Cross-architecture, protocol `{protocol}`\n\n"
             + _labelled_table(group, ["dataset", "ipc", "method"], "arch")
@@ -205,12 +221,20 @@ def cross_arch_table(frame: pd.DataFrame) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
+DEFAULT_SOURCE = "the TGDD paper's numbers (SPEC §7)"
+PUBLISHED_SOURCES = {
+    "ftd_paper": "FTD's own paper's numbers (Du et al., CVPR 2023, Table 1; their CIFAR commands use ZCA)"
+}
+"""Where each table of published.csv comes from, where it is not the TGDD paper."""
+
+
 def published_results() -> pd.DataFrame:
     """The paper's numbers quoted in SPEC §7 (``ipc`` 0: whole data set), shipped as package data."""
     from importlib.resources import files
 
     text = files("tgdd.resources").joinpath("published.csv").read_text()
-    return pd.read_csv(io.StringIO(text), comment="#")
+    table = pd.read_csv(io.StringIO(text), comment="#", dtype={"variant": str})
+    return table.assign(variant=table["variant"].fillna(""))  # rows of a variant (the ablation) name it
 
 
 def arch_family(arch: str) -> str:
@@ -233,11 +257,13 @@ def comparison_tables(frame: pd.DataFrame, protocol: str = "tgdd") -> str:
     blocks = []
     for table, paper in published.groupby("table", sort=False):
         merged = paper.merge(
-            ours, left_on=["method", "dataset", "ipc", "arch"], right_on=["method", "dataset", "ipc", "family"]
+            ours,
+            left_on=["method", "variant", "dataset", "ipc", "arch"],
+            right_on=["method", "variant", "dataset", "ipc", "family"],
         )
         if merged.empty:
             continue
-        merged = merged.assign(
+        merged = _labelled(merged).assign(
             ours=[format_value(m, s) for m, s in zip(merged["mean"], merged["std"], strict=True)],
             paper=merged["accuracy"].map("{:.1f}".format),
         )
@@ -246,7 +272,7 @@ def comparison_tables(frame: pd.DataFrame, protocol: str = "tgdd") -> str:
         )
         blocks.append(
             f"### Published table `{table}` beside ours (protocol `{protocol}`)\n\n"
-            "`paper`: the TGDD paper's numbers (SPEC §7), full GPU budget, authors' protocol. `ours`: this run's "
+            f"`paper`: {PUBLISHED_SOURCES.get(table, DEFAULT_SOURCE)}, full GPU budget, authors' protocol. `ours`: this run's "
             "budget (see `epochs`), last-epoch accuracy: mean ± sample std (ddof=1) over `n_seeds` distillation "
             "seeds of each seed's mean over its `n_runs` evaluation runs; with one seed, ± std (ddof=0) over its "
             "runs; with one run of one seed, the accuracy alone. Different budgets: compare trends, not digits.\n\n"
@@ -276,7 +302,7 @@ def headline_metrics(frame: pd.DataFrame) -> dict:
     seeds were evaluated under different settings gets one key per setting,
     ``arch/protocol/<epochs>ep_<runs>runs``, never one averaged number."""
     metrics: dict = {}
-    for row in aggregate(frame).itertuples():
+    for row in _labelled(aggregate(frame)).itertuples():
         cell = metrics.setdefault(row.dataset, {}).setdefault(f"ipc{row.ipc}", {}).setdefault(row.method, {})
         key = f"{row.arch}/{row.protocol}" + (f"/{row.epochs}ep_{row.n_runs}runs" if row.split else "")
         cell[key] = {
@@ -306,4 +332,60 @@ def write_report(eval_root: Path, tables_dir: Path) -> tuple[list[Path], str]:
         ),
         write_json(tables_dir / "metrics.json", headline_metrics(frame)),
     ]
+    written += sweep_figures(frame, tables_dir)
     return written, markdown
+
+
+# --------------------------------------------------------------------------- sweeps over variants
+
+
+def swept_values(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``frame`` whose variant sets exactly one key to a number, with that key
+    (``swept``) and value (``value``): the points of a sweep (e.g. ``distill.tgdd.alpha``), for
+    keys that take two values or more."""
+    keys, values = [], []
+    for text in frame["variant_overrides"]:
+        overrides = json.loads(text) if text else {}
+        (key, value), *rest = list(overrides.items()) or [(None, None)]
+        numeric = isinstance(value, int | float) and not isinstance(value, bool) and not rest
+        keys.append(key if numeric else None)
+        values.append(float(value) if numeric else None)
+    swept = frame.assign(swept=keys, value=values)
+    swept = swept[swept["swept"].notna()]
+    points = swept.groupby("swept")["value"].transform("nunique")
+    return swept[points >= 2]  # a sweep has two values or more
+
+
+def sweep_figures(frame: pd.DataFrame, tables_dir: Path) -> list[Path]:
+    """One figure per swept key (``sweep_<key>.png``): accuracy against the key's value, one line per
+    data set, IPC, method, network and protocol, each point the mean over seeds ± its std (over
+    seeds, or over runs with one seed: :func:`aggregate`)."""
+    swept = swept_values(frame)
+    if swept.empty:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tgdd.artifacts import atomic_write
+
+    values = swept[["variant", "swept", "value"]].drop_duplicates()
+    cells = aggregate(frame).merge(values, on="variant")
+    written = []
+    for key, group in cells.groupby("swept", sort=True):
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        line_keys = ["dataset", "ipc", "method", "arch", "protocol"]
+        for line, points in group.sort_values("value").groupby(line_keys, sort=True):
+            label = "{} IPC {} {} ({}, {})".format(*line)
+            std = points["std"].astype(float).fillna(0.0)
+            ax.errorbar(points["value"], points["mean"], yerr=std, marker="o", capsize=3, label=label)
+        ax.set_xlabel(key)
+        ax.set_ylabel("test accuracy (%), last epoch")
+        ax.set_title(f"sweep of {key} (± over seeds, or runs of one seed)", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = tables_dir / f"sweep_{key.replace('.', '_')}.png"
+        written.append(atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=120)))
+        plt.close(fig)
+    return written

@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 
 from tgdd.cards import METHODS
 from tgdd.cards.base import MethodSettings
-from tgdd.config import Config, ExpertsConfig, MTTExpertsConfig, is_imported_method
+from tgdd.config import Config, ExpertsConfig, FTDExpertsConfig, MTTExpertsConfig, is_imported_method
 from tgdd.data.registry import DatasetSpec, get_dataset
 from tgdd.dsa_strategy import without_flip
 from tgdd.errors import TgddError
-from tgdd.protocols import PROTOCOLS, TrainSettings, subset_epochs
+from tgdd.protocols import PROTOCOLS, Sharpness, TrainSettings, subset_epochs
 from tgdd.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,8 @@ def protocol_settings(cfg: Config, images_per_class: int | None = None) -> Train
         settings = replace(settings, epochs=subset_epochs(images_per_class, spec.num_classes))
     if protocol.drops_flip and not spec.flip:
         settings = replace(settings, augment=without_flip(settings.augment))
+    if cfg.evaluate.augment == "none":  # the ablation's rows without augmentation: no DSA, no CutMix
+        settings = replace(settings, augment="none", cutmix_prob=0.0)
     return settings
 
 
@@ -99,7 +101,7 @@ class ExpertRecipe:
     """A code base's recipe for expert trajectories, read from its config section."""
 
     description: str
-    section: Callable[[Config], ExpertsConfig | MTTExpertsConfig]  # the config section holding its keys
+    section: Callable[[Config], ExpertsConfig | MTTExpertsConfig | FTDExpertsConfig]  # the section holding its keys
     settings: Callable[[Config], TrainSettings]
     stream: str  # prefix of its random streams ('' for the first recipe, whose streams predate recipes)
 
@@ -114,6 +116,12 @@ def _mtt_settings(cfg: Config) -> TrainSettings:
     m = cfg.experts.mtt
     return TrainSettings(m.epochs, m.batch_size, m.lr, m.momentum, m.weight_decay, "constant", 1.0, m.augment,
                          m.augment_semantics, 0.0)  # fmt: skip
+
+
+def _ftd_settings(cfg: Config) -> TrainSettings:
+    f = cfg.experts.ftd
+    return TrainSettings(f.epochs, f.batch_size, f.lr, f.momentum, f.weight_decay, "constant", 1.0, f.augment,
+                         f.augment_semantics, 0.0, sharpness=Sharpness(f.rho, f.alpha, f.adaptive))  # fmt: skip
 
 
 EXPERT_RECIPES: Registry[ExpertRecipe] = Registry("expert recipe")
@@ -137,6 +145,16 @@ EXPERT_RECIPES.add(
         stream="mtt",
     ),
 )
+EXPERT_RECIPES.add(
+    "ftd",
+    ExpertRecipe(
+        description="FTD buffer_FTD.py: MTT's buffers (SGD 0.01, no momentum, constant lr, batch 256, DSA, 50 epochs), "
+        "each step a GSAM step: rho 0.01, alpha 0.4, adaptive (section experts.ftd)",
+        section=lambda cfg: cfg.experts.ftd,
+        settings=_ftd_settings,
+        stream="ftd",
+    ),
+)
 
 
 def expert_settings(cfg: Config, recipe: str = "tgdd") -> TrainSettings:
@@ -158,7 +176,7 @@ def expert_recipe(cfg: Config, recipe: str = "tgdd") -> dict[str, Any]:
         **named,
         "arch": cfg.experts.arch,
         "train_per_class": cfg.experts.train_per_class,
-        **asdict(settings),
+        **settings.record(),
         "trained_epochs": settings.trained_epochs(),
         "milestone_epochs": settings.milestone_epochs(),
     }
@@ -260,8 +278,45 @@ def resolved_evaluation(cfg: Config, factor: int | None = None) -> dict[str, Any
     per_class = cfg.distill.ipc * factor**2
     settings = protocol_settings(cfg, images_per_class=per_class)
     protocol = {
-        **asdict(settings),
+        **settings.record(),
         "trained_epochs": settings.trained_epochs(),
         "milestone_epochs": settings.milestone_epochs(),
     }
     return {"runs": cfg.evaluate.runs, "protocol": cfg.evaluate.protocol, "protocol_settings": protocol}
+
+
+# --------------------------------------------------------------------------- continual learning
+
+
+def continual_settings(cfg: Config, images_per_class: int | None = None) -> TrainSettings:
+    """The training settings of every network of the class-incremental evaluation
+    (:mod:`tgdd.continual`): :func:`protocol_settings` of ``continual.protocol`` and ``continual.epochs``
+    (null: the protocol's), with the same rules (the subsets' epochs, flips removed where labels need it)."""
+    c = cfg.continual
+    as_evaluation = cfg.evaluate.model_copy(update={"protocol": c.protocol, "epochs": c.epochs})
+    return protocol_settings(cfg.model_copy(update={"evaluate": as_evaluation}), images_per_class)
+
+
+def check_continual(cfg: Config) -> None:
+    """Refuse step counts that do not split the data set's classes into equal groups (before any compute)."""
+    classes = get_dataset(cfg.dataset).num_classes
+    uneven = [n for n in cfg.continual.steps if classes % n]
+    if uneven:
+        raise TgddError(f"continual.steps {uneven}: {cfg.dataset}'s {classes} classes do not split into equal steps")
+
+
+def resolved_continual(cfg: Config, factor: int | None = None) -> dict[str, Any]:
+    """What a class-incremental evaluation of ``cfg`` trains with (one step count's file records it and
+    freshness compares it): class orders, runs per order and step, the network, the protocol and its
+    resolved settings (``factor`` as in :func:`resolved_evaluation`)."""
+    if factor is None:
+        distill = resolved_distill(cfg)
+        factor = distill["factor"] if distill else 1
+    settings = continual_settings(cfg, images_per_class=cfg.distill.ipc * factor**2)
+    protocol = {
+        **settings.record(),
+        "trained_epochs": settings.trained_epochs(),
+        "milestone_epochs": settings.milestone_epochs(),
+    }
+    c = cfg.continual
+    return {"orders": c.orders, "runs": c.runs, "arch": c.arch, "protocol": c.protocol, "protocol_settings": protocol}

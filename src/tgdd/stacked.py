@@ -210,6 +210,8 @@ def train_stacked(
         raise ValueError(f"train_stacked needs K >= 2 models with one generator and rng each, got {len(models)}")
     if resumables is not None and len(resumables) != len(models):
         raise ValueError(f"train_stacked needs one resumable per model, got {len(resumables)} for {len(models)}")
+    if settings.sharpness is not None:
+        raise ValueError("train_stacked takes plain SGD steps: GSAM's (settings.sharpness) are per network")
     for model in models:
         reason = stack_refusal(model)
         if reason is not None:

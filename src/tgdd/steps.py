@@ -108,6 +108,14 @@ def evaluate(cfg: Config) -> list[Path]:
     return written
 
 
+def continual(cfg: Config) -> list[Path]:
+    """The class-incremental evaluation of the cell's synthetic set, one file per ``continual.steps``
+    count (:mod:`tgdd.continual`)."""
+    from tgdd.continual import continual_synthetic
+
+    return continual_synthetic(cfg, _device(cfg))
+
+
 def report(cfg: Config) -> list[Path]:
     from tgdd.report import evaluation_files, write_report
 
@@ -117,6 +125,11 @@ def report(cfg: Config) -> list[Path]:
     eval_root = cfg.paths.results / "eval"
     written, markdown = write_report(eval_root, paths.tables_dir(cfg))
     written += analyze(cfg)  # every data set of the matrix, in one table
+    from tgdd.report_continual import write_continual_report
+    from tgdd.report_efficiency import write_efficiency_report
+
+    written += write_efficiency_report(eval_root, paths.tables_dir(cfg))  # accuracy against seconds and memory
+    written += write_continual_report(cfg.paths.results / "continual", paths.tables_dir(cfg))
     print(markdown)
     if cfg.tracking.enabled:
         from tgdd.tracking import log_results
@@ -145,18 +158,19 @@ def export_synthetic(cfg: Config, fmt: str, **options) -> list[Path]:
 
 
 def matrix_configs(cfg: Config) -> list[Config]:
-    """One config per (dataset, seed, method, IPC) cell of ``matrix`` (each data set's own
-    ``per_dataset`` settings, including its methods and IPCs, applied)."""
+    """One config per (dataset, seed, method, IPC, variant) cell of ``matrix`` (each data set's own
+    ``per_dataset`` settings, including its methods and IPCs, applied; each variant's overrides last)."""
     cells = []
     for dataset in cfg.matrix.datasets:
         dataset_cfg = cfg.with_overrides(f"dataset={dataset}")
         m = dataset_cfg.matrix
+        variants = [f"variant={name}" for name in m.variants] or [None]
         for seed in m.seeds:
             for method in m.methods:
                 for ipc in m.ipcs:
-                    cells.append(
-                        dataset_cfg.with_overrides(f"seed={seed}", f"distill.method={method}", f"distill.ipc={ipc}")
-                    )
+                    for variant in variants:
+                        cell = [f"seed={seed}", f"distill.method={method}", f"distill.ipc={ipc}"]
+                        cells.append(dataset_cfg.with_overrides(*cell, *([variant] if variant else [])))
     return cells
 
 
@@ -196,18 +210,37 @@ def plan(cfg: Config) -> list[tuple[str, Config, str]]:
         if redo:
             why = "; ".join(dict.fromkeys(redo.values()))
             steps_to_run.append(("evaluate", cell.with_overrides("evaluate.archs=[" + ",".join(redo) + "]"), why))
+        if cell.continual.enabled:
+            steps_to_run += _continual_plan(fresh, cell, synthetic_redone=reason is not None)
     steps_to_run.append(("report", cfg, "always"))
     return steps_to_run
+
+
+def _continual_plan(fresh, cell: Config, synthetic_redone: bool) -> list[tuple[str, Config, str]]:
+    """The cell's class-incremental evaluations to (re)do, as one step over the step counts that need it."""
+    from tgdd.resolve import check_continual
+
+    check_continual(cell)
+    reasons = {n: fresh.continual(cell, n, synthetic_redone) for n in cell.continual.steps}
+    redo = {n: r for n, r in reasons.items() if r}
+    if not redo:
+        return []
+    why = "; ".join(dict.fromkeys(redo.values()))
+    return [("continual", cell.with_overrides("continual.steps=[" + ",".join(map(str, redo)) + "]"), why)]
 
 
 def describe(step: str, cfg: Config) -> str:
     d = cfg.distill
     if step in ("prepare", "report"):
         return f"{step} {cfg.dataset}" if step == "prepare" else step
+    variant = f" variant {cfg.variant}" if cfg.variant is not None else ""
     if step == "experts":
-        return f"experts {cfg.dataset} {experts_recipe(cfg)} {cfg.experts.arch} seed{cfg.experts_seed}"
+        variant = variant if paths.experts_variant_suffix(cfg) else ""
+        return f"experts {cfg.dataset} {experts_recipe(cfg)} {cfg.experts.arch} seed{cfg.experts_seed}{variant}"
     archs = f" on {', '.join(cfg.evaluate.archs)}" if step == "evaluate" else ""
-    return f"{step} {cfg.dataset} {d.method} ipc{d.ipc} seed{cfg.seed}{archs}"
+    if step == "continual":
+        archs = f" on {cfg.continual.arch} in {', '.join(map(str, cfg.continual.steps))} steps"
+    return f"{step} {cfg.dataset} {d.method} ipc{d.ipc} seed{cfg.seed}{variant}{archs}"
 
 
 def pipeline(cfg: Config, dry_run: bool = False) -> list[Path]:
@@ -240,6 +273,7 @@ MATRIX_STEPS: dict[str, Callable[..., list[Path]]] = {
     "experts": experts,
     "distill": distill,
     "evaluate": evaluate,
+    "continual": continual,
     "report": report,
 }
 UPSTREAM_STEPS = ("prepare", "experts")

@@ -304,10 +304,12 @@ def _log_distillation(client: MlflowClient, experiment_id: str, syn_path: Path) 
         "data_sha256": (meta.get("inputs") or {}).get("train_sha256"),
         "factor": meta.get("factor"),
         "synthetic_file": str(syn_path.resolve()),
+        "variant": meta.get("variant"),  # matrix.variants (absent: none)
     }
     params = flatten(meta.get("config") or {})
     params.update({f"settings.{key}": value for key, value in flatten(meta.get("settings") or {}).items()})
     name = f"{meta['dataset']}-{meta['method']}-ipc{meta['ipc']}-seed{meta['seed']}"
+    name += f"-{meta['variant']}" if meta.get("variant") else ""
     with _new_run(client, experiment_id, name, tags) as run_id:
         _log_params(client, run_id, params)
         losses = out_dir / "losses.csv"
@@ -366,6 +368,7 @@ def _log_evaluation(client: MlflowClient, experiment_id: str, eval_path: Path) -
         "arch": arch,
         "protocol": protocol,
         "eval_sha256": eval_sha,
+        "variant": result.get("variant"),
         "git_commit": code.get("git_commit"),
         "git_dirty": code.get("git_dirty"),
         "mlflow.parentRunId": parent_id,

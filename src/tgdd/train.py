@@ -1,5 +1,6 @@
 """Training a classifier on a tensor data set: the one loop behind expert trajectories and
-evaluation (SGD with momentum, a named step schedule, DSA per image, CutMix)."""
+evaluation (SGD with momentum, a named step schedule, DSA per image, CutMix; GSAM steps where the
+settings ask for them, FTD's experts)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from torch import nn
 
 from tgdd.augment import DiffAugment, cutmix, normalize
 from tgdd.checkpoint import Checkpointer
+from tgdd.gsam import gsam_step
 from tgdd.progress import bar
 from tgdd.protocols import TrainSettings
 
@@ -125,6 +127,9 @@ def train_classifier(
         for start in range(0, n, settings.batch_size):
             batch = draw_batch(images, labels, order[start : start + settings.batch_size], settings, augment, mean,
                                std, gen, rng)  # fmt: skip
+            if settings.sharpness is not None:  # FTD's experts: a GSAM step on the batch drawn once
+                gsam_step(model, lambda batch=batch: batch_loss(model(batch.x), batch), optimizer, settings.sharpness)
+                continue
             loss = batch_loss(model(batch.x), batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

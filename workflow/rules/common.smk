@@ -103,7 +103,10 @@ WILDCARD_KEYS = {  # wildcard -> config key, in the order the overrides are pass
     "ipc": "distill.ipc",
     "protocol": "evaluate.protocol",
     "arch": "evaluate.archs",
+    "variant": "variant",  # the path suffix of a variant (tgdd.paths.variant_suffix), empty for none
+    "experts_variant": "variant",  # the same, in the experts' paths (only variants that set experts keys)
 }
+VARIANT_PREFIX = paths.VARIANT_PREFIX
 
 
 def overrides(**wildcards):
@@ -111,6 +114,10 @@ def overrides(**wildcards):
     for name, key in WILDCARD_KEYS.items():
         if name in wildcards:
             value = wildcards[name]
+            if name in ("variant", "experts_variant"):
+                if value:
+                    items.append(f"{key}={value.removeprefix(VARIANT_PREFIX)}")
+                continue
             items.append(f"{key}=[{value}]" if name == "arch" else f"{key}={value}")
     return tuple(items)
 
@@ -140,15 +147,23 @@ def dataset_config(dataset):
 
 # The matrix, data set by data set (per_dataset may give each its own methods, IPCs, archs).
 DATASETS = list(BASE.matrix.datasets)
-CELLS = [  # (dataset, seed, method, ipc)
-    (d, s, m, i)
+
+
+def variant_suffixes(dataset):
+    """The variant path suffixes of a data set's matrix ("" alone without matrix.variants)."""
+    return [f"{VARIANT_PREFIX}{v}" for v in dataset_config(dataset).matrix.variants] or [""]
+
+
+CELLS = [  # (dataset, seed, method, ipc, variant suffix)
+    (d, s, m, i, v)
     for d in DATASETS
     for s in dataset_config(d).matrix.seeds
     for m in dataset_config(d).matrix.methods
     for i in dataset_config(d).matrix.ipcs
+    for v in variant_suffixes(d)
 ]
 try:  # settings that cannot work with the config (MTT: trajectories too short) stop every route here
-    check_cells(cell(dataset=d, seed=s, method=m, ipc=i) for d, s, m, i in CELLS if checks_config(m))
+    check_cells(cell(dataset=d, seed=s, method=m, ipc=i, variant=v) for d, s, m, i, v in CELLS if checks_config(m))
 except TgddError as exc:
     raise WorkflowError(str(exc)) from None
 
@@ -170,12 +185,14 @@ wildcard_constraints:
     seed=r"\d+",
     experts_seed=r"\d+",
     experts_arch=_alternatives(dataset_config(d).experts.arch for d in DATASETS),
-    method=_alternatives(m for _, _, m, _ in CELLS),
+    method=_alternatives(m for _, _, m, _, _ in CELLS),
     ipc=r"\d+",
     protocol=_alternatives(PROTOCOLS.names()),
     arch=_alternatives(a for d in DATASETS for a in dataset_config(d).evaluate.archs),
     index=r"\d\d",
     recipe=_alternatives(EXPERT_RECIPES.names()),
+    variant=f"({_alternatives(v for *_, v in CELLS if v)})?" if any(v for *_, v in CELLS) else "()",
+    experts_variant=f"({_alternatives(v for *_, v in CELLS if v)})?" if any(v for *_, v in CELLS) else "()",
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,17 +220,26 @@ _P = BASE.model_copy(
     update={
         "dataset": "{dataset}",
         "seed": "{seed}",
+        "variant": "{variant}",
         "experts": BASE.experts.model_copy(update={"arch": "{experts_arch}", "seed": "{experts_seed}"}),
         "distill": BASE.distill.model_copy(update={"method": "{method}", "ipc": "{ipc}"}),
         "evaluate": BASE.evaluate.model_copy(update={"protocol": "{protocol}"}),
     }
 )
+
+
+def variant_pattern(path, wildcard="variant"):
+    """A tgdd.paths path of _P as a pattern: its variant suffix one (possibly empty) wildcard."""
+    return str(path).replace(f"{VARIANT_PREFIX}{{variant}}", f"{{{wildcard}}}")
+
+
 PREPARED_DIR = str(paths.prepared_dir(_P))
-EXPERTS_DIR = str(paths.experts_dir(_P, "{recipe}"))
+# the experts' paths end with the variant suffix of variants that change the experts (else "")
+EXPERTS_DIR = f"{paths.experts_dir(_P.model_copy(update={'variant': None}), '{recipe}')}{{experts_variant}}"
 TRAJECTORY = f"{EXPERTS_DIR}/trajectory_{{index}}.pt"
-SYNTHETIC_DIR = str(paths.synthetic_dir(_P))
-SYNTHETIC = str(paths.synthetic_file(_P))
-EVALUATION = str(paths.evaluation_file(_P, "{arch}"))
+SYNTHETIC_DIR = variant_pattern(paths.synthetic_dir(_P))
+SYNTHETIC = variant_pattern(paths.synthetic_file(_P))
+EVALUATION = variant_pattern(paths.evaluation_file(_P, "{arch}"))
 TABLES_DIR = str(paths.tables_dir(BASE))
 TABLES = {
     name: f"{TABLES_DIR}/{name}" for name in ("summary.csv", "summary.md", "published_comparison.md", "metrics.json")
@@ -243,6 +269,7 @@ def trajectory_files(cfg, recipe):
             dataset=cfg.dataset,
             experts_seed=cfg.experts_seed,
             experts_arch=cfg.experts.arch,
+            experts_variant=paths.experts_variant_suffix(cfg),
             recipe=recipe,
             index=f"{i:02d}",
         )
@@ -264,6 +291,7 @@ def experts_manifest(cfg, recipe):
         dataset=cfg.dataset,
         experts_seed=cfg.experts_seed,
         experts_arch=cfg.experts.arch,
+        experts_variant=paths.experts_variant_suffix(cfg),
         recipe=recipe,
     )
 
@@ -271,7 +299,13 @@ def experts_manifest(cfg, recipe):
 def synthetic_file(cfg):
     d = cfg.distill
     return _checked(
-        SYNTHETIC, paths.synthetic_file(cfg), dataset=cfg.dataset, seed=cfg.seed, method=d.method, ipc=d.ipc
+        SYNTHETIC,
+        paths.synthetic_file(cfg),
+        dataset=cfg.dataset,
+        seed=cfg.seed,
+        method=d.method,
+        ipc=d.ipc,
+        variant=paths.variant_suffix(cfg),
     )
 
 
@@ -286,6 +320,7 @@ def evaluation_file(cfg, arch):
         ipc=d.ipc,
         protocol=cfg.evaluate.protocol,
         arch=arch,
+        variant=paths.variant_suffix(cfg),
     )
 
 
@@ -312,20 +347,22 @@ def prepared_targets():
 def expert_targets():
     return list(
         dict.fromkeys(
-            experts_manifest(cell(dataset=d, seed=s), recipe_of(m)) for d, s, m, _ in CELLS if needs_trajectories(m)
+            experts_manifest(cell(dataset=d, seed=s, variant=v), recipe_of(m))
+            for d, s, m, _, v in CELLS
+            if needs_trajectories(m)
         )
     )
 
 
 def distill_targets():
-    return [synthetic_file(cell(dataset=d, seed=s, method=m, ipc=i)) for d, s, m, i in CELLS]
+    return [synthetic_file(cell(dataset=d, seed=s, method=m, ipc=i, variant=v)) for d, s, m, i, v in CELLS]
 
 
 def evaluation_targets():
     targets = []
-    for d, s, m, i in CELLS:
-        for arch in cell(dataset=d, seed=s, method=m, ipc=i).evaluate.archs:
-            targets.append(evaluation_file(cell(dataset=d, seed=s, method=m, ipc=i, arch=arch), arch))
+    for d, s, m, i, v in CELLS:
+        for arch in cell(dataset=d, seed=s, method=m, ipc=i, variant=v).evaluate.archs:
+            targets.append(evaluation_file(cell(dataset=d, seed=s, method=m, ipc=i, variant=v, arch=arch), arch))
     return targets
 
 
@@ -449,3 +486,100 @@ def capped_runtime(step):
 
 def capped_mem(step):
     return lambda wildcards, attempt: min(LIMITS.max_mem_mb, BASE_MEM_MB[step] * attempt)
+
+
+# ---------------------------------------------------------------------------------------------
+# Continual learning (workflow/rules/continual.smk): targets, inputs, resources and rerun trigger.
+# ---------------------------------------------------------------------------------------------
+from tgdd.resolve import check_continual, resolved_continual
+from tgdd.report_continual import figure_file as continual_figure_file
+
+_PC = _P.model_copy(update={"continual": BASE.continual.model_copy(update={"arch": "{continual_arch}"})})
+CONTINUAL = variant_pattern(paths.continual_file(_PC, "{steps}"))
+
+
+def continual_config(wildcards):
+    """The Config of one continual job: its cell, its step count and network."""
+    items = dict(wildcards.items())
+    steps, arch = items.pop("steps"), items.pop("continual_arch")
+    return cell(**items).with_overrides(f"continual.steps=[{steps}]", f"continual.arch={arch}")
+
+
+def continual_file(cfg, steps):
+    d = cfg.distill
+    return _checked(
+        CONTINUAL,
+        paths.continual_file(cfg, steps),
+        dataset=cfg.dataset,
+        seed=cfg.seed,
+        method=d.method,
+        ipc=d.ipc,
+        variant=paths.variant_suffix(cfg),
+        continual_arch=cfg.continual.arch,
+        steps=steps,
+    )
+
+
+def continual_cells():
+    """The cells of the matrix whose config asks for the class-incremental evaluation."""
+    found = []
+    for d, s, m, i, v in CELLS:
+        cfg = cell(dataset=d, seed=s, method=m, ipc=i, variant=v)
+        if cfg.continual.enabled:
+            found.append(cfg)
+    return found
+
+
+try:  # step counts that do not split the classes stop the planning here
+    for _cfg in continual_cells():
+        check_continual(_cfg)
+except TgddError as exc:
+    raise WorkflowError(str(exc)) from None
+
+
+def continual_targets():
+    return [continual_file(cfg, n) for cfg in continual_cells() for n in cfg.continual.steps]
+
+
+def continual_tables():
+    """What `tgdd report` writes of them: the table, its CSV and one figure per data set, IPC and step count."""
+    cells = continual_cells()
+    if not cells:
+        return []
+    figures = dict.fromkeys(
+        str(continual_figure_file(paths.tables_dir(BASE), c.dataset, c.distill.ipc, n))
+        for c in cells
+        for n in c.continual.steps
+    )
+    return [f"{TABLES_DIR}/continual.csv", f"{TABLES_DIR}/continual.md", *figures]
+
+
+@lru_cache(maxsize=None)
+def _continual_request(items, steps):
+    """Sized as the evaluation of orders x runs x steps networks on the whole decoded set (each step
+    trains on a part of it: an over-estimate of at most about two), one after another."""
+    cfg = _cell(items)
+    c = cfg.continual
+    epochs = "null" if c.epochs is None else c.epochs
+    as_evaluation = cfg.with_overrides(
+        f"evaluate.protocol={c.protocol}",
+        f"evaluate.epochs={epochs}",
+        f"evaluate.archs=[{c.arch}]",
+        f"evaluate.runs={c.orders * c.runs * int(steps)}",
+    )
+    try:
+        return cost_request(as_evaluation, "evaluate", LIMITS, gpu=True, threads=cfg.threads or 1)
+    except TgddError as exc:
+        raise WorkflowError(f"tgdd continual in {steps} steps: {exc}") from None
+
+
+def continual_request(wildcards):
+    items = dict(wildcards.items())
+    steps = items.pop("steps")
+    items.pop("continual_arch")
+    return _continual_request(overrides(**{k: str(v) for k, v in items.items()}), steps)
+
+
+def continual_resolved(wildcards):
+    """The rerun trigger: the resolved settings of the job (tgdd.resolve.resolved_continual)."""
+    return json.dumps(resolved_continual(continual_config(wildcards)), sort_keys=True)

@@ -15,9 +15,9 @@ rule tgdd_distill:
             labels={"method": "{method}", "IPC": "{ipc}", "seed": "{seed}"},
         ),
     log:
-        "logs/tgdd_distill/{dataset}/{method}/ipc{ipc}/seed{seed}.log",
+        "logs/tgdd_distill/{dataset}/{method}/ipc{ipc}/seed{seed}{variant}.log",
     benchmark:
-        "logs/benchmarks/tgdd_distill/{dataset}/{method}/ipc{ipc}/seed{seed}.tsv"
+        "logs/benchmarks/tgdd_distill/{dataset}/{method}/ipc{ipc}/seed{seed}{variant}.tsv"
     conda:
         "../envs/tgdd.yaml"
     threads: threads_for

@@ -9,9 +9,9 @@ rule tgdd_evaluate:
     output:
         EVALUATION,
     log:
-        "logs/tgdd_evaluate/{dataset}/{method}/ipc{ipc}/seed{seed}/{arch}__{protocol}.log",
+        "logs/tgdd_evaluate/{dataset}/{method}/ipc{ipc}/seed{seed}{variant}/{arch}__{protocol}.log",
     benchmark:
-        "logs/benchmarks/tgdd_evaluate/{dataset}/{method}/ipc{ipc}/seed{seed}/{arch}__{protocol}.tsv"
+        "logs/benchmarks/tgdd_evaluate/{dataset}/{method}/ipc{ipc}/seed{seed}{variant}/{arch}__{protocol}.tsv"
     conda:
         "../envs/tgdd.yaml"
     threads: threads_for

@@ -1,5 +1,5 @@
 # Expert trajectories, per recipe (tgdd.resolve.EXPERT_RECIPES: TGDD's for TGDD, DANCE and
-# herding, MTT's for MTT): shared by every method that needs them (tgdd.cards: needs_trajectories,
+# herding, MTT's for MTT, FTD's for FTD): shared by every method that needs them (tgdd.cards: needs_trajectories,
 # expert_recipe), whatever the methods and IPCs; the distill jobs of the other methods do not wait for them
 # (distill_inputs in common.smk). One job per trajectory, each its own output file, GPU request,
 # log and benchmark: the N trajectories of a (data set, arch, experts seed) run at once on N GPUs, and a
@@ -14,9 +14,9 @@ rule tgdd_trajectory:
     output:
         trajectory=TRAJECTORY,
     log:
-        "logs/tgdd_trajectory/{dataset}/{recipe}/{experts_arch}/seed{experts_seed}/trajectory_{index}.log",
+        "logs/tgdd_trajectory/{dataset}/{recipe}/{experts_arch}/seed{experts_seed}{experts_variant}/trajectory_{index}.log",
     benchmark:
-        "logs/benchmarks/tgdd_trajectory/{dataset}/{recipe}/{experts_arch}/seed{experts_seed}/trajectory_{index}.tsv"
+        "logs/benchmarks/tgdd_trajectory/{dataset}/{recipe}/{experts_arch}/seed{experts_seed}{experts_variant}/trajectory_{index}.tsv"
     conda:
         "../envs/tgdd.yaml"
     threads: threads_for
@@ -40,7 +40,7 @@ rule tgdd_experts:
     output:
         manifest=f"{EXPERTS_DIR}/manifest.json",
     log:
-        "logs/tgdd_experts/{dataset}/{recipe}/{experts_arch}/seed{experts_seed}.log",
+        "logs/tgdd_experts/{dataset}/{recipe}/{experts_arch}/seed{experts_seed}{experts_variant}.log",
     conda:
         "../envs/tgdd.yaml"
     threads: 1

@@ -13,6 +13,8 @@
 # device=cpu, also under a GPU preset (device: cuda), which would refuse a node without a GPU.
 from tgdd.analysis_budget import report_request, report_work
 
+from tgdd.report_efficiency import FILES as EFFICIENCY_FILES
+
 REPORT_WORK = report_work(BASE)
 REPORT_THREADS = 8  # CPU threads: torch's for the embedding and the distances, OpenMP's for t-SNE
 REPORT_CAPS = {"max_runtime_min": LIMITS.max_runtime_min, "max_mem_mb": LIMITS.max_mem_mb}
@@ -27,6 +29,7 @@ rule tgdd_report:
         evaluations=evaluation_targets(),
         synthetic=distill_targets(),
         experts=expert_targets(),
+        continual=continual_targets(),  # none unless continual.enabled (continual.smk)
     output:
         csv=report(TABLES["summary.csv"], caption="../report/summary.rst", category="Results"),
         md=report(TABLES["summary.md"], caption="../report/summary_md.rst", category="Results"),
@@ -34,6 +37,8 @@ rule tgdd_report:
         metrics=TABLES["metrics.json"],
         overlap=report(CLASS_OVERLAP, caption="../report/class_overlap.rst", category="Class overlap"),
         tsne=report(tsne_figures(), caption="../report/tsne.rst", category="Class overlap"),
+        efficiency=[f"{TABLES_DIR}/{name}" for name in EFFICIENCY_FILES],  # accuracy against seconds and memory
+        continual=continual_tables(),
     log:
         "logs/tgdd_report/report.log",
     benchmark:

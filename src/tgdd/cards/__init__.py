@@ -12,8 +12,10 @@ from tgdd.cards.base import MethodCard
 from tgdd.cards.dance import DANCE
 from tgdd.cards.datadam import DATADAM
 from tgdd.cards.dm import DM
+from tgdd.cards.ftd import FTD
 from tgdd.cards.herding import HERDING
 from tgdd.cards.idm import IDM
+from tgdd.cards.m3d import M3D
 from tgdd.cards.mtt import MTT
 from tgdd.cards.selection import RANDOM
 from tgdd.cards.tgdd import TGDD
@@ -29,3 +31,5 @@ METHODS.add("herding", HERDING)
 METHODS.add("datadam", DATADAM)
 METHODS.add("idm", IDM)
 METHODS.add("mtt", MTT)
+METHODS.add("ftd", FTD)
+METHODS.add("m3d", M3D)

@@ -3,7 +3,7 @@ settings per data set and IPC, and its own expert recipe (docs/fidelity.md, sect
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -67,6 +67,8 @@ class MTTSettings(MethodSettings):
     """MTT's own keys (distill.py's arguments); docs/fidelity.md, section MTT. ``null``: the published row for
     the data set and IPC (:func:`mtt_row`)."""
 
+    section: ClassVar[str] = "mtt"  # the method whose keys these are (distill.<section>, experts.<section>)
+
     syn_steps: int | None = Field(
         None, ge=1, description="N: unrolled student SGD steps on the synthetic set per iteration (syn_steps); "
         "null: published (10 to 80)"
@@ -113,11 +115,12 @@ class MTTSettings(MethodSettings):
         """The start epoch reaches max_start_epoch-1 and the target expert_epochs beyond it: refuse
         trajectories of ``epochs`` epochs that are too short (the draw is never clipped)."""
         need = self.max_start_epoch - 1 + self.expert_epochs
+        m = self.section
         if need > epochs:
             raise TgddError(
-                f"mtt: distill.mtt.max_start_epoch={self.max_start_epoch} and distill.mtt.expert_epochs="
+                f"{m}: distill.{m}.max_start_epoch={self.max_start_epoch} and distill.{m}.expert_epochs="
                 f"{self.expert_epochs} need trajectories of at least {need} epochs, these have {epochs} "
-                "(experts.mtt.epochs): lower the two keys or train longer trajectories"
+                f"(experts.{m}.epochs): lower the two keys or train longer trajectories"
             )
 
 

@@ -225,24 +225,27 @@ class MTT(ImageMethod):
     3. :func:`matching_loss` against theta*_{t+M}; one backward; one step of each optimiser.
     """
 
+    settings_type: type[MTTSettings] = MTTSettings  # its own section (a subclass's: FTD's)
     unstable = "images or syn_lr"
     remedy = "lower distill.lr_img or distill.mtt.lr_lr"
 
     def check(self, ctx: DistillContext) -> None:
-        s, own = ctx.settings, ctx.settings.of(MTTSettings)
+        s, own = ctx.settings, ctx.settings.of(self.settings_type)
         if s.factor != 1:
-            raise TgddError(f"mtt stores plain images: distill.factor is {s.factor}, use 1")
+            raise TgddError(f"{s.method} stores plain images: distill.factor is {s.factor}, use 1")
         if s.image_space != "normalised":
-            raise TgddError(f"mtt optimises normalised images, not '{s.image_space}'")
+            raise TgddError(f"{s.method} optimises normalised images, not '{s.image_space}'")
         if s.compile:
-            raise TgddError("mtt: distill.compile is not supported (a functional student unrolled with create_graph)")
+            raise TgddError(
+                f"{s.method}: distill.compile is not supported (a functional student unrolled with create_graph)"
+            )
         traj = ctx.trajectories
         if traj is None or not traj.snapshots:
-            raise TgddError("mtt needs expert trajectories (MTT's recipe): run `tgdd experts` first")
+            raise TgddError(f"{s.method} needs expert trajectories (its recipe): run `tgdd experts` first")
         own.check_epochs(traj.epochs)  # the files' own length (the config's was checked when it resolved)
 
     def initial_state(self, ctx: DistillContext, space: Space) -> MTTState:
-        s, own, train = ctx.settings, ctx.settings.of(MTTSettings), ctx.train
+        s, own, train = ctx.settings, ctx.settings.of(self.settings_type), ctx.train
         if own.expert_selection == "cycle":  # one buffer file's experts in memory at a time, as theirs holds
             ctx.trajectories.keep_at_most(own.experts_per_file)
         init = initial_images(ctx.sampler, train.num_classes, s.ipc, 1, s.init, ctx.gen).to(ctx.device)
@@ -255,7 +258,7 @@ class MTT(ImageMethod):
     def prepare(self, ctx: DistillContext, state: MTTState, space: Space) -> Step:
         """The student network (its own parameters unused: the forward takes theta's views) and the iteration
         (steps 1-3 above; records ``loss``, the lr this iteration used and the start epoch)."""
-        s, own, device, train = ctx.settings, ctx.settings.of(MTTSettings), ctx.device, ctx.train
+        s, own, device, train = ctx.settings, ctx.settings.of(self.settings_type), ctx.device, ctx.train
         terms = METHODS.get(s.method).terms
         augment = DiffAugment(s.dsa_strategy, s.augment_semantics)
         channels, size = train.images.shape[1], train.images.shape[2]
@@ -289,7 +292,10 @@ class MTT(ImageMethod):
 
     def output(self, ctx: DistillContext, state: MTTState, space: Space) -> DistillOutput:
         """The images, and the lr learned beside them."""
-        learned = {"syn_lr": float(state.syn_lr.detach()), "syn_lr_initial": ctx.settings.of(MTTSettings).lr_teacher}
+        learned = {
+            "syn_lr": float(state.syn_lr.detach()),
+            "syn_lr_initial": ctx.settings.of(self.settings_type).lr_teacher,
+        }
         return DistillOutput(space.to_pixels(state.images.images.detach()), state.records, extra=learned)
 
 

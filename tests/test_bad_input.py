@@ -137,7 +137,7 @@ def test_corrupt_synthetic_set_and_prepared_file_exit_nonzero_with_one_line(read
 def test_unknown_names_exit_2_before_any_compute(capsys, tmp_path):
     for override, message in [
         ("dataset=imagenet", "unknown dataset 'imagenet'"),
-        ("distill.method=ftd", "unknown method 'ftd'"),
+        ("distill.method=ftdx", "unknown method 'ftdx'"),
         ("evaluate.archs=[resnet19]", "unknown model 'resnet19'"),
         ("distill.ipc=-1", "distill.ipc"),
         ("seed=abc", "seed"),

@@ -130,25 +130,13 @@ def continual_synthetic(cfg, device: torch.device, progress: bool = True) -> lis
     count in ``continual.steps``, one JSON each (:func:`tgdd.paths.continual_file`), written atomically."""
     from tgdd import paths
     from tgdd.artifacts import provenance, sha256_file, write_json
-    from tgdd.data.prepared import load_prepared
-    from tgdd.errors import TgddError
-    from tgdd.evaluate import check_inputs
+    from tgdd.evaluate import load_checked
     from tgdd.resolve import check_continual, continual_settings, resolved_continual
-    from tgdd.synthetic import load_synthetic, synthetic_digest
+    from tgdd.synthetic import synthetic_digest
 
     check_continual(cfg)
-    syn_path = paths.synthetic_file(cfg)
-    if not syn_path.is_file():
-        raise TgddError(f"no synthetic set at {syn_path}: run `tgdd distill` first")
-    syn = load_synthetic(syn_path)
-    test = load_prepared(paths.prepared_dir(cfg), "test", cfg.dataset)
+    syn_path, syn, test = load_checked(cfg)
     meta = syn.meta
-    for key, want in (("dataset", cfg.dataset), ("method", cfg.distill.method), ("ipc", cfg.distill.ipc)):
-        if meta.get(key) != want:
-            raise TgddError(f"synthetic set {syn_path} has {key}={meta.get(key)!r}, config asks for {want!r}")
-    check_inputs(cfg, meta, syn_path)
-    if meta.get("num_classes") != test.num_classes:
-        raise TgddError(f"synthetic set {syn_path} has {meta.get('num_classes')} classes, test set {test.num_classes}")
     images, labels = syn.decoded()
     settings = continual_settings(cfg, images_per_class=cfg.distill.ipc * syn.factor**2)
     c = cfg.continual

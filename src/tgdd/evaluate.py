@@ -12,14 +12,14 @@ import torch
 from tgdd import paths
 from tgdd.artifacts import provenance, read_json, sha256_file, write_json
 from tgdd.config import Config, section_settings
-from tgdd.data.prepared import load_prepared
+from tgdd.data.prepared import PreparedSplit, load_prepared
 from tgdd.errors import TgddError
 from tgdd.models import build_model
 from tgdd.progress import bar
 from tgdd.resolve import protocol_settings, resolved_evaluation
 from tgdd.runtime import derive_seed, generator, numpy_rng, seeded_init
 from tgdd.stacked import train_stacked, use_stacking
-from tgdd.synthetic import load_synthetic, synthetic_digest
+from tgdd.synthetic import SyntheticSet, load_synthetic, synthetic_digest
 from tgdd.train import accuracy, train_classifier
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,10 @@ def check_inputs(cfg: Config, meta: dict, syn_path: Path) -> None:
         )
 
 
-def evaluate_synthetic(cfg: Config, device: torch.device, progress: bool = True) -> list[Path]:
-    """Evaluate the synthetic set of ``cfg`` with every architecture in ``evaluate.archs``."""
+def load_checked(cfg: Config) -> tuple[Path, SyntheticSet, PreparedSplit]:
+    """The synthetic set of ``cfg`` (its path and contents) and the real test split, once the set is
+    known to be this cell's, made from the data and trajectories the config points at now: what
+    every evaluation of a set (`tgdd evaluate`, `tgdd continual`) starts from."""
     syn_path = paths.synthetic_file(cfg)
     if not syn_path.is_file():
         raise TgddError(f"no synthetic set at {syn_path}: run `tgdd distill` first")
@@ -77,6 +79,13 @@ def evaluate_synthetic(cfg: Config, device: torch.device, progress: bool = True)
     check_inputs(cfg, meta, syn_path)
     if meta.get("num_classes") != test.num_classes:
         raise TgddError(f"synthetic set {syn_path} has {meta.get('num_classes')} classes, test set {test.num_classes}")
+    return syn_path, syn, test
+
+
+def evaluate_synthetic(cfg: Config, device: torch.device, progress: bool = True) -> list[Path]:
+    """Evaluate the synthetic set of ``cfg`` with every architecture in ``evaluate.archs``."""
+    syn_path, syn, test = load_checked(cfg)
+    meta = syn.meta
     syn_sha = sha256_file(syn_path)
     syn_content = synthetic_digest(syn)
     images, labels = syn.decoded()

@@ -6,7 +6,8 @@ CPU side only (a CPU pass against a repeat: passes share no state), says the GPU
 writes ``gpu_check_cpu.md`` and exits 0 when the repeat agrees.
 
 It also trains three networks stacked (tgdd.stacked) and one after another on the device and
-compares their weights, and times a network-step at K = 1 and K = 5.
+compares their weights, compares the stacked step replayed from CUDA graphs (tgdd.graphs) with
+it run eagerly, and times a network-step at K = 1 and K = 5 (eager and graphed).
 
 Correctness compares the same computation on both devices with the same inputs and the same
 drawn augmentation parameters (CPU and CUDA generators produce different streams, so whole runs
@@ -27,6 +28,7 @@ from torch import nn
 
 from tgdd.augment import DiffAugment, DrawnAugmentation, normalize
 from tgdd.data.registry import get_dataset
+from tgdd.graphs import GraphChoice, graph_backend
 from tgdd.methods.matching import class_loss
 from tgdd.models import build_model
 from tgdd.protocols import PROTOCOLS
@@ -171,11 +173,12 @@ def timing_lines(device: torch.device) -> list[str]:
 
 
 def stacked_training(
-    device: torch.device, k: int, n: int, epochs: int, separate: bool
+    device: torch.device, k: int, n: int, epochs: int, separate: bool, graphs: GraphChoice = "never"
 ) -> tuple[list[nn.Module], float]:
     """``k`` ConvNet-3 (32 px) trained on ``n`` random images for ``epochs`` under the ``tgdd``
-    protocol (DSA per image, CutMix), stacked (:func:`tgdd.stacked.train_stacked`) or one after
-    another; the networks and the seconds it took."""
+    protocol (DSA per image, CutMix), stacked (:func:`tgdd.stacked.train_stacked`, its step
+    replayed from CUDA graphs under ``graphs``) or one after another; the networks and the seconds
+    it took."""
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(n, 3, 32, 32, generator=gen).to(device)
     labels = (torch.arange(n) % 10).to(device)
@@ -194,34 +197,52 @@ def stacked_training(
         for model, g, rng in zip(models, gens, rngs, strict=True):
             train_classifier(model, images, labels, settings, mean, std, g, rng)
     else:
-        train_stacked(models, images, labels, settings, mean, std, gens, rngs)
+        backend = graph_backend(graphs, device, f"gpu_check {k} stacked")
+        train_stacked(models, images, labels, settings, mean, std, gens, rngs, graphs=backend)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return models, time.perf_counter() - start
 
 
-def stacked_lines(device: torch.device, timing: bool) -> tuple[list[str], bool]:
-    """Stacked against separate training on ``device`` (same device, so the same random streams):
-    the largest weight difference after a short training, and (``timing``) milliseconds per
-    network-step at K = 1 and K = 5 (issue 21's target: <= 1.2 ms at K = 5 with augmentation)."""
-    separate, _ = stacked_training(device, 3, 256, 2, separate=True)
-    stacked, _ = stacked_training(device, 3, 256, 2, separate=False)
-    diff = max(
+def largest_difference(one: list[nn.Module], other: list[nn.Module]) -> float:
+    """The largest absolute difference of any parameter or buffer between two lists of networks."""
+    return max(
         float((a.state_dict()[name] - value).abs().max())
-        for a, b in zip(stacked, separate, strict=True)
+        for a, b in zip(other, one, strict=True)
         for name, value in b.state_dict().items()
     )
+
+
+def stacked_lines(device: torch.device, timing: bool) -> tuple[list[str], bool]:
+    """Stacked against separate training on ``device`` (same device, so the same random streams),
+    and the stacked step replayed from CUDA graphs (tgdd.graphs) against it run eagerly: the
+    largest weight difference after a short training, and (``timing``) milliseconds per
+    network-step at K = 1 and K = 5 (issue 21's target: <= 1.2 ms at K = 5 with augmentation)."""
+    cuda = device.type == "cuda"
+    epochs = 6 if cuda else 2  # on CUDA, enough steps for captures and replays (first lr step after epoch 4)
+    separate, _ = stacked_training(device, 3, 256, epochs, separate=True)
+    stacked, _ = stacked_training(device, 3, 256, epochs, separate=False)
+    diff = largest_difference(separate, stacked)
     ok = diff <= 1e-3
-    lines = ["## Stacked networks (tgdd.stacked) against separate runs", ""]
-    lines += [f"3 x ConvNet-3, 256 images, 2 epochs, protocol tgdd: max weight difference {diff:.2e} "
+    lines = ["## Stacked networks (tgdd.stacked) against separate runs, graphed (tgdd.graphs) against eager", ""]
+    lines += [f"3 x ConvNet-3, 256 images, {epochs} epochs, protocol tgdd: max weight difference {diff:.2e} "
               f"(tolerance 1.0e-03): {'ok' if ok else 'NO'}", ""]  # fmt: skip
+    if cuda:
+        graphed, _ = stacked_training(device, 3, 256, epochs, separate=False, graphs="always")
+        graph_diff = largest_difference(stacked, graphed)
+        ok &= graph_diff <= 1e-3
+        lines += [f"the same, stacked with its step replayed from CUDA graphs against stacked eager: max weight "
+                  f"difference {graph_diff:.2e} (tolerance 1.0e-03): {'ok' if graph_diff <= 1e-3 else 'NO'}", ""]  # fmt: skip
+    else:
+        lines += ["CUDA graphs: skipped (no CUDA device; tests/test_graphs.py checks their bookkeeping on the CPU)", ""]
     if timing:
         steps = 2 * 1024 // 64
         _, one = stacked_training(device, 1, 1024, 2, separate=True)
         _, five = stacked_training(device, 5, 1024, 2, separate=False)
+        _, five_graphed = stacked_training(device, 5, 1024, 2, separate=False, graphs="always")
         lines += ["| networks | training | ms per network-step |", "|---|---|---|"]
         lines += [f"| 1 | separate | {1000 * one / steps:.2f} |", f"| 5 | stacked | {1000 * five / (5 * steps):.2f} |"]
-        lines += [""]
+        lines += [f"| 5 | stacked, CUDA graphs | {1000 * five_graphed / (5 * steps):.2f} |", ""]
     return lines, ok
 
 

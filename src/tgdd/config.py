@@ -118,6 +118,12 @@ class ExpertsConfig(_Strict):
         "separate runs within float rounding, each trajectory keeps its file, identity and checkpoint) in "
         "`tgdd experts` and `tgdd pipeline`; auto: on CUDA only. Snakemake trains one trajectory per job",
     )
+    cuda_graphs: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="replay a stacked training's fixed-shape step (forward, loss, backward, SGD) as a CUDA graph "
+        "(tgdd.graphs: the same kernels on the same values); auto and always: on CUDA (elsewhere eager; always says "
+        "so); a capture that fails runs eagerly, said once in the log",
+    )
     train_per_class: int | None = Field(
         None, ge=1, description="train experts on this many images per class (seeded; null: all) for CPU budgets"
     )
@@ -205,6 +211,11 @@ class EvaluateConfig(_Strict):
         description="train the runs of one architecture as one stacked training (torch.func; equal to separate "
         "runs within float rounding). auto: on CUDA, not on the CPU (measured slower there: "
         "benchmarks/results/stacked_eval_cpu.md); one run and networks that cannot stack: one after another",
+    )
+    cuda_graphs: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="replay the stacked runs' fixed-shape step as a CUDA graph (as experts.cuda_graphs); recorded "
+        "as cuda_graph_replays in the evaluation",
     )
 
 

@@ -14,6 +14,7 @@ from tgdd.artifacts import provenance, read_json, sha256_file, write_json
 from tgdd.config import Config, section_settings
 from tgdd.data.prepared import PreparedSplit, load_prepared
 from tgdd.errors import TgddError
+from tgdd.graphs import graph_backend
 from tgdd.models import build_model
 from tgdd.progress import bar
 from tgdd.resolve import protocol_settings, resolved_evaluation
@@ -101,9 +102,10 @@ def evaluate_synthetic(cfg: Config, device: torch.device, progress: bool = True)
         gens = [generator(seed, "batches", device=device) for seed in seeds]
         rngs = [numpy_rng(seed, "cutmix") for seed in seeds]
         stacked = use_stacking(cfg.evaluate.stack_runs, device, models, f"evaluate {arch}")
+        graphs = graph_backend(cfg.evaluate.cuda_graphs, device, f"evaluate {arch}") if stacked else None
         if stacked:
             train_stacked(models, images, labels, settings, test.mean, test.std, gens, rngs,
-                          progress=f"{arch} {len(seeds)} runs stacked" if progress else None)  # fmt: skip
+                          progress=f"{arch} {len(seeds)} runs stacked" if progress else None, graphs=graphs)  # fmt: skip
         else:
             for run, (model, gen, rng) in enumerate(
                 bar(list(zip(models, gens, rngs, strict=True)), show=progress, desc=f"evaluate {arch}", leave=False)
@@ -134,6 +136,7 @@ def evaluate_synthetic(cfg: Config, device: torch.device, progress: bool = True)
             "seeds": seeds,
             "accuracies": accuracies,
             "stacked": stacked,  # runs trained as one stacked training (tgdd.stacked): equal within float rounding
+            "cuda_graph_replays": graphs.replays if graphs is not None else 0,  # steps replayed (tgdd.graphs)
             "mean": float(np.mean(accuracies)),
             "std": float(np.std(accuracies)),
             "std_kind": "population (ddof=0) over runs",

@@ -26,6 +26,7 @@ from tgdd.checkpoint import Checkpointer, stop_on_signals
 from tgdd.config import Config
 from tgdd.data.prepared import PreparedSplit
 from tgdd.errors import TgddError
+from tgdd.graphs import graph_backend
 from tgdd.models import build_model
 from tgdd.progress import bar
 from tgdd.resolve import EXPERT_RECIPES, expert_recipe, expert_settings, num_trajectories
@@ -261,6 +262,7 @@ def train_group(
         else:
             runs = [expert_run(cfg, index, train, device, recipe) for index in group]
             subset = expert_training_set(cfg, train)
+            graphs = graph_backend(cfg.experts.cuda_graphs, device, f"{recipe} experts")
             train_stacked(
                 [run.model for run in runs],
                 subset.as_float().to(device),
@@ -275,8 +277,12 @@ def train_group(
                     run.snapshots.append(_snapshot(model)) for run, model in zip(runs, models, strict=True)
                 ],
                 resumables=[run.resumable(checkpointers[run.index]) for run in runs],
+                graphs=graphs,
             )
-            how = {"stacked_networks": len(runs)}  # trained with K-1 others as one stacked training
+            how = {  # trained with K-1 others as one stacked training; steps replayed from CUDA graphs
+                "stacked_networks": len(runs),
+                "cuda_graph_replays": graphs.replays if graphs is not None else 0,
+            }
             results = [
                 (run.snapshots, accuracy(run.model, test.images, test.labels, test.mean, test.std), how) for run in runs
             ]
@@ -306,7 +312,7 @@ def gather(cfg: Config, out_dir: Path, recipe: str = "tgdd") -> Path:
         "identity": identity,
         "recipe": recipe,
         "seed": cfg.experts_seed,
-        "experts": cfg.experts.model_dump(mode="json", exclude={"stack"}),  # how, not what
+        "experts": cfg.experts.model_dump(mode="json", exclude={"stack", "cuda_graphs"}),  # how, not what
         "complete": True,
         "trajectories": records,
         "trajectories_sha256": trajectories_digest(identity, [r["content_sha256"] for r in records]),

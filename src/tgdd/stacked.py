@@ -40,6 +40,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from tgdd.augment import DiffAugment
+from tgdd.graphs import GraphBackend, GraphedStep
 from tgdd.progress import bar
 from tgdd.protocols import TrainSettings
 from tgdd.train import DrawnBatch, Resumable, draw_batch, end_epoch, sgd_schedule
@@ -102,12 +103,19 @@ def use_stacking(choice: str, device: torch.device, models: Sequence[nn.Module],
     return choice == "always" or device.type == "cuda"
 
 
-def stacked_loss(logits: torch.Tensor, batches: Sequence[DrawnBatch]) -> torch.Tensor:
-    """Sum over networks of ``lam*CE(y_a) + (1-lam)*CE(y_b)`` (``logits``: ``[K, B, classes]``).
-    Networks share no parameter, so each one's gradient is that of its own loss."""
+def stacked_inputs(batches: Sequence[DrawnBatch]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The K networks' drawn batches as the stacked step's tensors: inputs ``[K, B, ...]``, both
+    label sets ``[K, B]`` and the kept fractions ``[K]`` (fixed shapes: what a CUDA graph replays)."""
+    x = torch.stack([b.x for b in batches])
     y_a = torch.stack([b.y_a for b in batches])
     y_b = torch.stack([b.y_b for b in batches])
-    lam = torch.tensor([b.lam for b in batches], dtype=logits.dtype, device=logits.device)
+    lam = torch.tensor([b.lam for b in batches], dtype=x.dtype, device=x.device)
+    return x, y_a, y_b, lam
+
+
+def stacked_loss(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """Sum over networks of ``lam*CE(y_a) + (1-lam)*CE(y_b)`` (``logits``: ``[K, B, classes]``).
+    Networks share no parameter, so each one's gradient is that of its own loss."""
     flat = logits.flatten(0, 1)
     k, batch = y_a.shape
     ce_a = F.cross_entropy(flat, y_a.flatten(), reduction="none").view(k, batch).mean(1)
@@ -196,6 +204,7 @@ def train_stacked(
     progress: str | None = None,
     on_epoch_end: Callable[[int, Sequence[nn.Module]], None] | None = None,
     resumables: Sequence[Resumable] | None = None,
+    graphs: GraphBackend | None = None,
 ) -> list[nn.Module]:
     """Train ``models`` (K >= 2 networks of one architecture, :func:`can_stack`) as one stacked
     training on ``images`` (floats in [0,1]); network ``k`` uses ``gens[k]`` and ``rngs[k]`` as its
@@ -205,7 +214,9 @@ def train_stacked(
     ``on_epoch_end(epoch, models)`` sees every network after each epoch (expert snapshots). With
     ``resumables`` (one per network), each network is checkpointed after epochs in its separate
     run's own format and file, and restored from it, so a stacked training resumes a separate
-    one's checkpoint and the other way round."""
+    one's checkpoint and the other way round. With ``graphs`` (:func:`tgdd.graphs.graph_backend`),
+    the fixed-shape step is replayed from CUDA graphs (:class:`tgdd.graphs.GraphedStep`): the same
+    kernels on the same values."""
     if not (len(models) == len(gens) == len(rngs)) or len(models) < 2:
         raise ValueError(f"train_stacked needs K >= 2 models with one generator and rng each, got {len(models)}")
     if resumables is not None and len(resumables) != len(models):
@@ -229,6 +240,14 @@ def train_stacked(
     if blobs is not None:
         optimizer.load_state_dict(stacked_optimizer_state([blob["optimizer"] for blob in blobs]))
         scheduler.load_state_dict(blobs[0]["scheduler"])  # one schedule: every network's is the same
+
+    def sgd_step(x: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: torch.Tensor) -> None:
+        loss = stacked_loss(forward(params, buffers, x), y_a, y_b, lam)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step = GraphedStep(sgd_step, optimizer, graphs, progress or f"{len(models)} stacked networks")
     n = len(images)
     epochs = range(first_epoch, settings.trained_epochs() + 1)
     for epoch in bar(epochs, show=progress is not None, desc=progress, leave=False):
@@ -239,11 +258,7 @@ def train_stacked(
                            gen, rng)
                 for order, gen, rng in zip(orders, gens, rngs, strict=True)
             ]  # fmt: skip
-            logits = forward(params, buffers, torch.stack([b.x for b in batches]))
-            loss = stacked_loss(logits, batches)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            step(*stacked_inputs(batches))
         end_epoch(optimizer, scheduler, settings, epoch)
         if on_epoch_end is None and resumables is None:
             continue

@@ -251,7 +251,18 @@ def check_cells(cells: Iterable[Config]) -> None:
 # Keys that change how a step runs, not what it makes: never a reason to redo it. batched_classes:
 # the same update as per class (docs/fidelity.md), an execution choice like the device ("auto" decides
 # by device), so a set distilled batched on a GPU is not stale where a CPU would run it per class.
-NOT_RESULT_KEYS = {"checkpoint_every", "batched_classes"}
+# stack_nets: IDM's fetched networks trained as one stacked training, equal within float rounding.
+# At any depth of a record (a method's own section included).
+NOT_RESULT_KEYS = {"checkpoint_every", "batched_classes", "stack_nets"}
+
+
+def results_only(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` without the keys of :data:`NOT_RESULT_KEYS`, at any depth."""
+    return {
+        key: results_only(value) if isinstance(value, dict) else value
+        for key, value in record.items()
+        if key not in NOT_RESULT_KEYS
+    }
 
 
 def resolved_experts(cfg: Config, recipe: str = "tgdd") -> dict[str, Any]:
@@ -264,8 +275,7 @@ def resolved_distill(cfg: Config) -> dict[str, Any] | None:
     less the keys in :data:`NOT_RESULT_KEYS`); None for an imported set, which is not distilled."""
     if is_imported_method(cfg.distill.method):
         return None
-    record = resolve_settings(cfg).record()
-    return {k: v for k, v in record.items() if k not in NOT_RESULT_KEYS}
+    return results_only(resolve_settings(cfg).record())
 
 
 def resolved_evaluation(cfg: Config, factor: int | None = None) -> dict[str, Any]:

@@ -3,7 +3,7 @@ cross-entropy; its published settings per data set and IPC (command.txt; docs/fi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -96,6 +96,15 @@ class IDMSettings(MethodSettings):
         description="iterations between resets of every queue network's accuracy meter, at the multiples after 0 "
         "(their code resets them at each in-loop test evaluation, every eval_interval; here on that cadence, "
         "without the test set); 0: never; null: command.txt's eval_interval (100 to 1000)",
+    )
+
+    stack_nets: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="train the fetched networks of an iteration as one stacked training (torch.func: step s of "
+        "every fetched network together; the same batches, drawn in the same order, each network with its own "
+        "momentum and meter; equal to one after another within float rounding). auto: on CUDA, not on the CPU; "
+        "one network and networks that cannot stack: one after another; how, not what: never a reason to redo a "
+        "set",
     )
 
     def resolve(self, ipc: int, spec: DatasetSpec) -> IDMSettings:

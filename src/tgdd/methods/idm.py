@@ -19,12 +19,17 @@ DM's mean-feature matching with four changes:
 
 The meters are reset every ``meter_reset_interval`` iterations: their code resets them at each in-loop
 test evaluation; here the same cadence without any evaluation (nothing here reads the test set).
+
+The fetched networks train one after another (their code) or, with ``stack_nets`` (auto: on CUDA), as one
+stacked training (:meth:`NetQueue.train_stacked`): the same batches drawn in the same order, each network
+with its own momentum and meter, equal within float rounding.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import stack_module_state
 
 from tgdd.augment import DiffAugment, normalize
 from tgdd.cards import METHODS
@@ -63,7 +69,10 @@ from tgdd.models import build_model
 from tgdd.models.convnet import ConvNet
 from tgdd.models.zoo import FeatureClassifier
 from tgdd.runtime import seeded_init
+from tgdd.stacked import network_optimizer_state, stacked_forward, stacked_optimizer_state, unstack_into, use_stacking
 from tgdd.synthetic import initial_images
+
+log = logging.getLogger(__name__)
 
 # --- partition and expand -----------------------------------------------------------------------
 
@@ -131,10 +140,40 @@ class TrainingBatches:
         self.images, self.batch, self.mean, self.std = sampler.images, batch, mean, std
         self.labels = sampler.labels.to(sampler.images.device)
 
-    def next(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        pick = torch.randperm(len(self.images), generator=gen, device=gen.device)[: self.batch]
+    def pick(self, gen: torch.Generator) -> torch.Tensor:
+        """The random part of a batch: which images (all that a batch draws from ``gen``)."""
+        return torch.randperm(len(self.images), generator=gen, device=gen.device)[: self.batch]
+
+    def take(self, pick: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The picked images, normalised, and their labels (no randomness)."""
         pick = pick.to(self.images.device)
         return normalize(self.images[pick].float().div_(255.0), self.mean, self.std), self.labels[pick]
+
+    def next(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.take(self.pick(gen))
+
+
+def momentum_state(optimizer: torch.optim.SGD) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with a zero momentum buffer for every parameter that has none yet (a
+    network not trained since it was pushed), so that the fetched networks' states stack: SGD's first step
+    sets ``buf = d_p``, from a zero buffer it computes ``0 * momentum + d_p``, the same value. Without
+    momentum SGD keeps no state, nor does this."""
+    saved = optimizer.state_dict()
+    if optimizer.defaults["momentum"] == 0:
+        return saved
+    (group,) = optimizer.param_groups
+    state = {
+        i: saved["state"][i] if i in saved["state"] else {"momentum_buffer": torch.zeros_like(p)}
+        for i, p in enumerate(group["params"])
+    }
+    return {**saved, "state": state}
+
+
+def queue_stacks(own: IDMSettings, device: torch.device, net: nn.Module) -> bool:
+    """Whether the fetched networks (``fetch_net_num`` of ``net``'s architecture) train as one stacked
+    training: :func:`tgdd.stacked.use_stacking` under ``stack_nets`` (never one network alone, never networks
+    that cannot stack, said in the log; auto: on CUDA)."""
+    return use_stacking(own.stack_nets, device, [net] * own.fetch_net_num, "idm: the queue's fetched networks")
 
 
 class NetQueue:
@@ -143,16 +182,17 @@ class NetQueue:
     def __init__(self, build: Callable[[], nn.Module], own: IDMSettings, device: torch.device) -> None:
         self.build, self.own, self.device = build, own, device
         self.members: list[QueueNet] = []
+        self._forward: Callable[..., torch.Tensor] | None = None  # the stacked forward, built once
+
+    def _sgd(self, params: Any) -> torch.optim.SGD:
+        own = self.own
+        return torch.optim.SGD(params, lr=own.net_lr, momentum=own.net_momentum, weight_decay=own.net_weight_decay)
 
     def __len__(self) -> int:
         return len(self.members)
 
     def _member(self, net: nn.Module) -> QueueNet:
-        own = self.own
-        optimizer = torch.optim.SGD(
-            net.parameters(), lr=own.net_lr, momentum=own.net_momentum, weight_decay=own.net_weight_decay
-        )
-        return QueueNet(net, optimizer, torch.zeros((), dtype=torch.long, device=self.device))
+        return QueueNet(net, self._sgd(net.parameters()), torch.zeros((), dtype=torch.long, device=self.device))
 
     def fresh(self, gen: torch.Generator) -> QueueNet:
         """A freshly initialised network (their ``get_network``, seeded from ``gen`` instead of the clock)."""
@@ -193,6 +233,48 @@ class NetQueue:
             loss.backward()
             member.optimizer.step()
             member.count(logits.detach(), labels)
+
+    def train_fetched(self, indices: list[int], batches: TrainingBatches, gen: torch.Generator, stack: bool) -> None:
+        """The fetched members ``indices`` take their steps: one after another (their l. 344-359), or with
+        ``stack`` (:func:`queue_stacks`) and two or more of them as one stacked training (the same result
+        within float rounding)."""
+        if stack and len(indices) >= 2 and self.own.model_train_steps:
+            self.train_stacked(indices, batches, gen)
+            return
+        for index in indices:
+            self.train(index, batches, gen)
+
+    def train_stacked(self, indices: list[int], batches: TrainingBatches, gen: torch.Generator) -> None:
+        """:meth:`train` of every member in ``indices`` as ONE stacked training: the batches are picked first,
+        in the order one after another picks them (all of the first member's steps, then the next's), then
+        step s of every member runs as one forward/backward (:func:`tgdd.stacked.stacked_forward`) and one SGD
+        over the stacked tensors. SGD is elementwise and the loss a sum of the members' own losses, so each
+        member takes its own steps; its momentum enters from and returns to its own optimiser (the format its
+        checkpoint holds), its meter counts its own pre-step logits."""
+        members = [self.members[i] for i in indices]
+        steps = self.own.model_train_steps
+        picks = [[batches.pick(gen) for _ in range(steps)] for _ in members]
+        nets = [member.net.train() for member in members]
+        params, buffers = stack_module_state(nets)
+        optimizer = self._sgd(list(params.values()))
+        optimizer.load_state_dict(stacked_optimizer_state([momentum_state(m.optimizer) for m in members]))
+        if self._forward is None:
+            self._forward = stacked_forward(copy.deepcopy(nets[0]).to("meta").train())
+        for step in range(steps):
+            drawn = [batches.take(pick[step]) for pick in picks]
+            images, labels = torch.stack([x for x, _ in drawn]), torch.stack([y for _, y in drawn])
+            logits = self._forward(params, buffers, images)
+            per_image = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
+            loss = per_image.view(labels.shape).mean(1).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            for member, member_logits, member_labels in zip(members, logits.detach(), labels, strict=True):
+                member.count(member_logits, member_labels)
+        unstack_into(nets, params, buffers)
+        stacked = optimizer.state_dict()
+        for k, member in enumerate(members):
+            member.optimizer.load_state_dict(network_optimizer_state(stacked, k))
 
     def state_dict(self) -> dict[str, Any]:
         """A copy, not views: a queue loaded from it in the same process shares no tensor with this one
@@ -324,7 +406,8 @@ class IDM(ImageMethod):
     1. reset every meter when ``it`` is a positive multiple of ``meter_reset_interval``;
     2. push when ``it % net_generate_interval == 0``;
     3. draw ``match_nets`` members; under each, one per-class pass of image steps (:func:`idm_phase`);
-    4. draw ``fetch_net_num`` members and train each ``model_train_steps`` steps on real batches.
+    4. draw ``fetch_net_num`` members and train each ``model_train_steps`` steps on real batches (one
+       after another, or stacked: :meth:`NetQueue.train_fetched`).
     """
 
     def arch(self, ctx: DistillContext) -> str:
@@ -365,20 +448,25 @@ class IDM(ImageMethod):
                 view = Iteration(ctx, state.real, shared["augment"], shared["space"], net, None)
                 phase = idm_phase(view, member.accuracy(), own.ce_weight)
                 totals.append(run_phase(state.images, phase, s.image_update, shared["batched"]))
-        for index in queue.draw(own.fetch_net_num, gen):
-            queue.train(index, shared["batches"], gen)
+        stack = shared.get("stack", False)  # absent: one after another
+        queue.train_fetched(queue.draw(own.fetch_net_num, gen), shared["batches"], gen, stack)
         return functools.reduce(add_terms, totals)
 
     def prepare(self, ctx: DistillContext, state: IDMState, space: Space) -> Step:
         """The iteration (:meth:`iteration`) with what it shares across iterations."""
-        s = ctx.settings
+        s, own = ctx.settings, ctx.settings.of(IDMSettings)
         terms = METHODS.get(s.method).terms  # "loss" first
+        stack = queue_stacks(own, ctx.device, state.queue.members[0].net)
+        ctx.execution["stacked_queue_training"] = stack
+        log.info("idm: the %d fetched queue networks train %s", own.fetch_net_num,
+                 "stacked" if stack else "one after another")  # fmt: skip
         shared = {
             "augment": DiffAugment(s.dsa_strategy, s.augment_semantics),
             "space": space,
-            "batches": TrainingBatches(ctx.sampler, s.of(IDMSettings).net_batch, space.mean, space.std),
+            "batches": TrainingBatches(ctx.sampler, own.net_batch, space.mean, space.std),
             # the queue's networks match in eval mode: batch norm uses running statistics, no class mixes
             "batched": batched_classes(ctx, False, self.arch(ctx)),
+            "stack": stack,
         }
 
         def step(state: IDMState) -> Measured:

@@ -9,10 +9,11 @@ sets (decoded: 40 and 400 images) on convnet-2-w32 and resnet10-ap-w8, 3 runs of
 protocol ``tgdd``, one torch thread per job. This script times exactly that training, with the
 project's own code, on random images of that shape (speed does not depend on the pixels): the R
 runs one after another (:func:`tgdd.train.train_classifier`, today's path) and the same R runs as
-one stacked training (:func:`tgdd.stacked.train_stacked`). Separate and stacked alternate, each
+one stacked training (:func:`tgdd.stacked.train_stacked`). The three alternate, each
 measured ``--repeats`` times after an untimed one-epoch warm-up, and the fastest of each is kept (the machine is shared). It writes
 ``<out>/stacked_eval_<device>.md``: machine, torch version, seconds and the ratio separate/stacked
-per cell. ``evaluate.stack_runs: auto`` follows these ratios (tgdd.stacked.use_stacking).
+per cell, stacked through vmap and on the grouped twin (tgdd.grouped). ``evaluate.stack_runs: auto``
+follows these ratios (tgdd.stacked.use_stacking).
 """
 
 from __future__ import annotations
@@ -39,8 +40,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CELLS = ((1, 40), (10, 400))  # (IPC, decoded images) of the main job's digits sets (factor 2)
 
 
-def time_runs(arch: str, images: torch.Tensor, labels: torch.Tensor, settings, runs: int, stacked: bool) -> float:
-    """Seconds to train ``runs`` fresh networks of ``arch`` on ``images``, separately or stacked."""
+MODES = ("separate", "vmap", "grouped")
+"""One after another (today's loop), stacked through vmap, stacked on the grouped twin (tgdd.grouped)."""
+
+
+def time_runs(arch: str, images: torch.Tensor, labels: torch.Tensor, settings, runs: int, mode: str) -> float:
+    """Seconds to train ``runs`` fresh networks of ``arch`` on ``images`` in ``mode`` (:data:`MODES`)."""
     seeds = [derive_seed(0, "evaluate", arch, run) for run in range(runs)]
     models = []
     for seed in seeds:
@@ -50,11 +55,11 @@ def time_runs(arch: str, images: torch.Tensor, labels: torch.Tensor, settings, r
     rngs = [numpy_rng(seed, "cutmix") for seed in seeds]
     mean, std = torch.full((1,), 0.5), torch.full((1,), 0.25)
     start = time.perf_counter()
-    if stacked:
-        train_stacked(models, images, labels, settings, mean, std, gens, rngs)
-    else:
+    if mode == "separate":
         for model, gen, rng in zip(models, gens, rngs, strict=True):
             train_classifier(model, images, labels, settings, mean, std, gen, rng)
+    else:
+        train_stacked(models, images, labels, settings, mean, std, gens, rngs, grouped=mode == "grouped")
     return time.perf_counter() - start
 
 
@@ -79,36 +84,40 @@ def main() -> None:
             images = torch.rand(count, 1, 16, 16, generator=gen)
             labels = torch.arange(count) % 10
             warm = replace(settings, epochs=1)
-            for stacked in (False, True):  # first calls pay for lazy initialisation: untimed
-                time_runs(arch, images, labels, warm, cfg.evaluate.runs, stacked)
-            times: dict[bool, list[float]] = {False: [], True: []}
+            for mode in MODES:  # first calls pay for lazy initialisation: untimed
+                time_runs(arch, images, labels, warm, cfg.evaluate.runs, mode)
+            times: dict[str, list[float]] = {mode: [] for mode in MODES}
             for _ in range(args.repeats):
-                for stacked in (False, True):
-                    times[stacked].append(time_runs(arch, images, labels, settings, cfg.evaluate.runs, stacked))
-            separate, stacked_s = min(times[False]), min(times[True])
-            rows.append((arch, ipc, count, separate, stacked_s, separate / stacked_s))
-            print(
-                f"{arch} IPC {ipc}: separate {separate:.2f} s, stacked {stacked_s:.2f} s, x{separate / stacked_s:.2f}"
-            )
+                for mode in MODES:
+                    times[mode].append(time_runs(arch, images, labels, settings, cfg.evaluate.runs, mode))
+            best = {mode: min(values) for mode, values in times.items()}
+            rows.append((arch, ipc, count, best["separate"], best["vmap"], best["grouped"]))
+            print(f"{arch} IPC {ipc}: " + ", ".join(f"{mode} {best[mode]:.2f} s" for mode in MODES))
     lines = [
         "# Stacked against separate evaluation runs (CPU)",
         "",
         "`benchmarks/stacked_eval.py`: the main job's evaluation (config/config.yaml: digits, 1 x 16 px, protocol "
         f"`tgdd`, {cfg.evaluate.runs} runs of {settings.epochs} epochs, batch {settings.batch_size}, "
         f"DSA `{settings.augment}` + CutMix p{settings.cutmix_prob}), the {cfg.evaluate.runs} runs one after another "
-        "(`train_classifier`) or as one stacked training (`tgdd.stacked.train_stacked`); fastest of "
-        f"{args.repeats} after a one-epoch warm-up, separate and stacked alternating.",
+        "(`train_classifier`) or as one stacked training (`tgdd.stacked.train_stacked`) through vmap or on the "
+        f"grouped twin (`tgdd.grouped`, what it takes where there is one); fastest of {args.repeats} after a "
+        "one-epoch warm-up, the three alternating.",
         "",
         f"- machine: {cpu_model()}, {os.cpu_count()} cores (shared), {platform.system()} {platform.machine()}",
         f"- torch {torch.__version__}, {args.threads} thread(s); load average {load_start:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end",
         f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         "",
-        "| network | IPC | decoded images | separate (s) | stacked (s) | separate / stacked |",
-        "|---|---|---|---|---|---|",
-        *(f"| {a} | {i} | {c} | {s:.2f} | {t:.2f} | {r:.2f} |" for a, i, c, s, t, r in rows),
+        "| network | IPC | decoded images | separate (s) | stacked, vmap (s) | stacked, grouped (s) "
+        "| separate / vmap | separate / grouped |",
+        "|---|---|---|---|---|---|---|---|",
+        *(
+            f"| {a} | {i} | {c} | {s:.2f} | {v:.2f} | {g:.2f} | {s / v:.2f} | {s / g:.2f} |"
+            for a, i, c, s, v, g in rows
+        ),
         "",
-        "A ratio above 1: stacking is faster.",
+        "A ratio above 1: stacking is faster. `evaluate.stack_runs: auto` stacks on the CPU where there is a grouped "
+        "twin (tgdd.stacked.use_stacking).",
         "",
     ]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -69,9 +69,7 @@ class CheckedCapture:
 def capture():
     """A :class:`CheckedCapture` that learns the optimiser of the training from its steps."""
     backend = CheckedCapture()
-    hook = register_optimizer_step_pre_hook(
-        lambda optimizer, _args, _kwargs: backend.optimizers.append(optimizer)
-    )
+    hook = register_optimizer_step_pre_hook(lambda optimizer, _args, _kwargs: backend.optimizers.append(optimizer))
     yield backend
     hook.remove()
 

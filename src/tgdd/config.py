@@ -208,8 +208,9 @@ class EvaluateConfig(_Strict):
     )
     stack_runs: Literal["auto", "always", "never"] = Field(
         "auto",
-        description="train the runs of one architecture as one stacked training (torch.func; equal to separate "
-        "runs within float rounding). auto: on CUDA, not on the CPU (measured slower there: "
+        description="train the runs of one architecture as one stacked training (tgdd.stacked; equal to separate "
+        "runs within float rounding). auto: on CUDA, and on the CPU where the network has a grouped twin "
+        "(tgdd.grouped: every zoo network but DenseNet; measured faster there, through vmap slower: "
         "benchmarks/results/stacked_eval_cpu.md); one run and networks that cannot stack: one after another",
     )
     cuda_graphs: Literal["auto", "always", "never"] = Field(

@@ -101,7 +101,7 @@ def evaluate_synthetic(cfg: Config, device: torch.device, progress: bool = True)
                 models.append(build_model(arch, images.shape[1], images.shape[2], test.num_classes).to(device))
         gens = [generator(seed, "batches", device=device) for seed in seeds]
         rngs = [numpy_rng(seed, "cutmix") for seed in seeds]
-        stacked = use_stacking(cfg.evaluate.stack_runs, device, models, f"evaluate {arch}")
+        stacked = use_stacking(cfg.evaluate.stack_runs, device, models, f"evaluate {arch}", grouped_on_cpu=True)
         graphs = graph_backend(cfg.evaluate.cuda_graphs, device, f"evaluate {arch}") if stacked else None
         if stacked:
             train_stacked(models, images, labels, settings, test.mean, test.std, gens, rngs,

@@ -5,7 +5,9 @@ streams; their networks have the same shapes. Stacking their parameters (and buf
 norm keeps per-network running statistics) along a new leading axis with
 :func:`torch.func.stack_module_state` and running the forward through
 :func:`torch.func.vmap` over :func:`torch.func.functional_call` turns K small forward/backward
-passes into one (grouped convolutions), which is what makes evaluation cheap on a GPU.
+passes into one (grouped convolutions), which is what makes evaluation cheap on a GPU. Where the
+architecture has a grouped twin (:mod:`tgdd.grouped`: every network of the zoo but DenseNet), the
+same forward runs on it instead, without vmap (faster, on a CPU faster than separate runs).
 
 Why it is the same training as K separate runs of :func:`tgdd.train.train_classifier`:
 
@@ -41,6 +43,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from tgdd.augment import DiffAugment
 from tgdd.graphs import GraphBackend, GraphedStep
+from tgdd.grouped import can_group, grouped_forward
 from tgdd.progress import bar
 from tgdd.protocols import TrainSettings
 from tgdd.train import DrawnBatch, Resumable, draw_batch, end_epoch, sgd_schedule
@@ -86,21 +89,26 @@ def can_stack(model: nn.Module) -> bool:
     return stack_refusal(model) is None
 
 
-def use_stacking(choice: str, device: torch.device, models: Sequence[nn.Module], what: str) -> bool:
+def use_stacking(
+    choice: str, device: torch.device, models: Sequence[nn.Module], what: str, grouped_on_cpu: bool = False
+) -> bool:
     """Whether ``models`` (the R evaluation runs of one architecture, or the missing expert
     trajectories of a recipe) train as one stacked training, under ``choice`` (``evaluate.stack_runs``,
     ``experts.stack``). Never one network alone (the separate loop, bit for bit) nor networks
     :func:`stack_refusal` refuses (said in the log, naming ``what``). ``auto``: on CUDA (one kernel
-    launch per layer for all networks instead of one per network: training there is launch-bound),
-    never on the CPU, where stacking measured slower on the main job's evaluation (grouped
-    convolutions; ``benchmarks/stacked_eval.py``, ``benchmarks/results/stacked_eval_cpu.md``)."""
+    launch per layer for all networks instead of one per network: training there is launch-bound);
+    on the CPU only with ``grouped_on_cpu`` and an architecture with a grouped twin
+    (:mod:`tgdd.grouped`), where the evaluation's stacked runs measured faster than separate ones
+    and the vmap path slower (``benchmarks/stacked_eval.py``, ``benchmarks/results/stacked_eval_cpu.md``)."""
     if choice == "never" or len(models) < 2:
         return False
     reason = stack_refusal(models[0])
     if reason is not None:
         log.warning("%s: networks train one after another, not stacked: %s", what, reason)
         return False
-    return choice == "always" or device.type == "cuda"
+    if choice == "always" or device.type == "cuda":
+        return True
+    return grouped_on_cpu and can_group(models[0])
 
 
 def stacked_inputs(batches: Sequence[DrawnBatch]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -205,6 +213,7 @@ def train_stacked(
     on_epoch_end: Callable[[int, Sequence[nn.Module]], None] | None = None,
     resumables: Sequence[Resumable] | None = None,
     graphs: GraphBackend | None = None,
+    grouped: bool = True,
 ) -> list[nn.Module]:
     """Train ``models`` (K >= 2 networks of one architecture, :func:`can_stack`) as one stacked
     training on ``images`` (floats in [0,1]); network ``k`` uses ``gens[k]`` and ``rngs[k]`` as its
@@ -216,7 +225,8 @@ def train_stacked(
     run's own format and file, and restored from it, so a stacked training resumes a separate
     one's checkpoint and the other way round. With ``graphs`` (:func:`tgdd.graphs.graph_backend`),
     the fixed-shape step is replayed from CUDA graphs (:class:`tgdd.graphs.GraphedStep`): the same
-    kernels on the same values."""
+    kernels on the same values. ``grouped=False`` runs the vmap forward even where the architecture
+    has a grouped twin (to compare the two: ``benchmarks/stacked_eval.py``)."""
     if not (len(models) == len(gens) == len(rngs)) or len(models) < 2:
         raise ValueError(f"train_stacked needs K >= 2 models with one generator and rng each, got {len(models)}")
     if resumables is not None and len(resumables) != len(models):
@@ -235,7 +245,7 @@ def train_stacked(
         model.train()
     params, buffers = stack_module_state(list(models))
     template = copy.deepcopy(models[0]).to("meta")
-    forward = stacked_forward(template)
+    forward = (grouped and grouped_forward(template, len(models))) or stacked_forward(template)
     optimizer, scheduler = sgd_schedule(list(params.values()), settings)
     if blobs is not None:
         optimizer.load_state_dict(stacked_optimizer_state([blob["optimizer"] for blob in blobs]))

@@ -472,17 +472,23 @@ def test_end_to_end_is_deterministic_and_records_its_terms(idm_root, uninterrupt
     assert torch.equal(again.images, syn.images)
 
 
-def _assert_same(a, b, where: str = "state") -> None:
+def _tensors_equal(a: torch.Tensor, b: torch.Tensor, where: str) -> None:
+    assert torch.equal(a, b), where
+
+
+def _assert_same(a, b, where: str = "state", tensors=_tensors_equal) -> None:
+    """``a`` and ``b`` of the same structure (dicts, lists, other values equal), their tensors
+    compared by ``tensors(a, b, where)`` (default: equal)."""
     if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
+        tensors(a, b, where)
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), where
         for key in a:
-            _assert_same(a[key], b[key], f"{where}.{key}")
+            _assert_same(a[key], b[key], f"{where}.{key}", tensors)
     elif isinstance(a, list | tuple):
         assert len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_same(x, y, f"{where}[{i}]")
+            _assert_same(x, y, f"{where}[{i}]", tensors)
     else:
         assert a == b, where
 

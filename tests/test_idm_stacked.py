@@ -33,22 +33,14 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _tensors_close(a: torch.Tensor, b: torch.Tensor, where: str) -> None:
+    assert isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype, where
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=where)
+
+
 def _assert_close(a, b, where: str = "state") -> None:
-    """``a`` and ``b`` of the same structure (dicts, lists, tensors of one shape and dtype, other values
-    equal), their tensors equal within float32 rounding."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype, where
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=where)
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            _assert_close(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_close(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
+    """``a`` and ``b`` of the same structure, their tensors equal within float32 rounding."""
+    _assert_same(a, b, where, tensors=_tensors_close)
 
 
 # --- the queue's training ---------------------------------------------------------------------------

@@ -124,11 +124,12 @@ def stacked_inputs(batches: Sequence[DrawnBatch]) -> tuple[torch.Tensor, torch.T
 def stacked_loss(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """Sum over networks of ``lam*CE(y_a) + (1-lam)*CE(y_b)`` (``logits``: ``[K, B, classes]``).
     Networks share no parameter, so each one's gradient is that of its own loss."""
-    flat = logits.flatten(0, 1)
-    k, batch = y_a.shape
-    ce_a = F.cross_entropy(flat, y_a.flatten(), reduction="none").view(k, batch).mean(1)
-    ce_b = F.cross_entropy(flat, y_b.flatten(), reduction="none").view(k, batch).mean(1)
-    return (lam * ce_a + (1 - lam) * ce_b).sum()
+    return (lam * network_losses(logits, y_a) + (1 - lam) * network_losses(logits, y_b)).sum()
+
+
+def network_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each network's mean cross-entropy ``[K]`` of ``logits`` ``[K, B, classes]`` on ``labels`` ``[K, B]``."""
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view(labels.shape).mean(1)
 
 
 def stacked_forward(template: nn.Module) -> Callable[..., torch.Tensor]:

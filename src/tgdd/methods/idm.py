@@ -69,7 +69,14 @@ from tgdd.models import build_model
 from tgdd.models.convnet import ConvNet
 from tgdd.models.zoo import FeatureClassifier
 from tgdd.runtime import seeded_init
-from tgdd.stacked import network_optimizer_state, stacked_forward, stacked_optimizer_state, unstack_into, use_stacking
+from tgdd.stacked import (
+    network_losses,
+    network_optimizer_state,
+    stacked_forward,
+    stacked_optimizer_state,
+    unstack_into,
+    use_stacking,
+)
 from tgdd.synthetic import initial_images
 
 log = logging.getLogger(__name__)
@@ -264,8 +271,7 @@ class NetQueue:
             drawn = [batches.take(pick[step]) for pick in picks]
             images, labels = torch.stack([x for x, _ in drawn]), torch.stack([y for _, y in drawn])
             logits = self._forward(params, buffers, images)
-            per_image = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
-            loss = per_image.view(labels.shape).mean(1).sum()
+            loss = network_losses(logits, labels).sum()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -9,6 +9,12 @@ It also trains three networks stacked (tgdd.stacked) and one after another on th
 compares their weights, compares the stacked step replayed from CUDA graphs (tgdd.graphs) with
 it run eagerly, and times a network-step at K = 1 and K = 5 (eager and graphed).
 
+"TGDD distillation, CUDA graphs vs eager" distils the embedded ``digits`` twice with the project's
+own steps (prepare, experts, distill, in a temporary directory), batched classes, once with
+``distill.cuda_graphs=never`` and once with ``always``: the synthetic images must agree (to a
+tolerance on CUDA, where index_add's float atomics are nondeterministic; bit for bit on the CPU,
+where ``always`` runs eagerly), with the replay count and milliseconds per iteration of each run.
+
 Correctness compares the same computation on both devices with the same inputs and the same
 drawn augmentation parameters (CPU and CUDA generators produce different streams, so whole runs
 are compared in distribution, not bit for bit).
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +33,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tgdd import steps
 from tgdd.augment import DiffAugment, DrawnAugmentation, normalize
+from tgdd.config import build_config
 from tgdd.data.registry import get_dataset
 from tgdd.graphs import GraphChoice, graph_backend
 from tgdd.methods.matching import class_loss
@@ -34,6 +43,7 @@ from tgdd.models import build_model
 from tgdd.protocols import PROTOCOLS
 from tgdd.runtime import generator, numpy_rng, seeded_init
 from tgdd.stacked import train_stacked
+from tgdd.synthetic import SyntheticSet, load_synthetic
 from tgdd.train import train_classifier
 from tgdd_bench.flops import distill_work, traced  # benchmarks/ is on sys.path when this runs as a script
 
@@ -246,6 +256,86 @@ def stacked_lines(device: torch.device, timing: bool) -> tuple[list[str], bool]:
     return lines, ok
 
 
+DISTILL_TREE = {  # tests/conftest.py's TINY scale: the embedded digits, no network
+    "seed": 0,
+    "dataset": "digits",
+    "experts": {"arch": "convnet-1-w16", "num_trajectories": 2, "epochs": 2},
+    "distill": {"method": "tgdd", "batched_classes": True, "checkpoint_every": 0},
+    "tracking": {"enabled": False},
+}
+
+
+def distill_scale(cuda: bool) -> tuple[int, int]:
+    """(iterations, IPC): on CUDA past the graphs' warm-up (tgdd.graphs.WARMUP_STEPS) with most
+    iterations replayed; on the CPU a rehearsal (``always`` runs eagerly there)."""
+    return (50, 10) if cuda else (6, 2)
+
+
+def distill_runs(device: torch.device, root: Path) -> dict[str, SyntheticSet]:
+    """The synthetic sets of TGDD on digits distilled in ``root`` on ``device`` (the config's ``device``,
+    so the steps use that one), with ``distill.cuda_graphs`` never and always, from the same experts."""
+    iterations, ipc = distill_scale(device.type == "cuda")
+    tree = {
+        **DISTILL_TREE,
+        "device": str(device),
+        "paths": {"data": str(root / "data"), "results": str(root / "results")},
+    }
+    cfg = build_config(tree, [f"distill.iterations={iterations}", f"distill.ipc={ipc}"])
+    steps.prepare(cfg)
+    steps.experts(cfg)
+    runs = {}
+    for choice in ("never", "always"):  # each set is read before the next run writes the same path
+        (path,) = steps.distill(cfg.with_overrides(f"distill.cuda_graphs={choice}"))
+        runs[choice] = load_synthetic(path)
+    return runs
+
+
+def replays(syn: SyntheticSet) -> int:
+    """Iterations replayed from CUDA graphs (absent from ``meta["execution"]`` where none could be)."""
+    return int(syn.meta.get("execution", {}).get("cuda_graph_replays", 0))
+
+
+def ms_per_iteration(syn: SyntheticSet) -> float:
+    """Milliseconds per iteration of iterations 2..n (tgdd.efficiency; warm-up and capture included)."""
+    return 1000 * float(syn.meta["efficiency"]["seconds_per_iteration"])
+
+
+def distill_graph_lines(device: torch.device) -> tuple[list[str], bool]:
+    """The section "TGDD distillation, CUDA graphs vs eager" (Markdown) and whether it passed: on CUDA the
+    images agree within 1e-4 * max|images| and the graphed run replayed; on the CPU (a rehearsal) they are
+    bit-identical and neither run replayed."""
+    cuda = device.type == "cuda"
+    iterations, ipc = distill_scale(cuda)
+    with tempfile.TemporaryDirectory(prefix="gpu_check_distill_") as tmp:
+        runs = distill_runs(device, Path(tmp))
+    eager, graphed = runs["never"], runs["always"]
+    diff = float((graphed.images - eager.images).abs().max())
+    tol = 1e-4 * float(eager.images.abs().max()) if cuda else 0.0
+    counts = replays(eager), replays(graphed)
+    ok = diff <= tol and counts[0] == 0 and (counts[1] > 0 if cuda else counts[1] == 0)
+    if not cuda:
+        ok &= torch.equal(graphed.images, eager.images)
+    lines = ["## TGDD distillation, CUDA graphs vs eager", ""]
+    lines += [f"digits, convnet-1-w16 experts (2 trajectories x 2 epochs), TGDD IPC {ipc}, batched classes, "
+              f"{iterations} iterations on {device}: `distill.cuda_graphs=never` against `always`.", ""]  # fmt: skip
+    if cuda:
+        lines += ["Tolerance 1e-4 * max|images|: index_add's float atomics make CUDA runs nondeterministic, so "
+                  "graphed and eager agree to about 1e-5 relative, not bit for bit.", ""]  # fmt: skip
+    else:
+        lines += ["CPU rehearsal: `always` runs eagerly without CUDA, so the runs must be bit-identical with 0 "
+                  "replays.", ""]  # fmt: skip
+    never_ms, always_ms = ms_per_iteration(eager), ms_per_iteration(graphed)
+    lines += ["| run | cuda_graph_replays | ms per iteration |", "|---|---|---|"]
+    lines += [
+        f"| eager (never) | {counts[0]} | {never_ms:.2f} |",
+        f"| graphed (always) | {counts[1]} | {always_ms:.2f} |",
+    ]
+    lines += ["", f"speed-up {never_ms / always_ms:.2f}x (ms per iteration: iterations 2..n, meta efficiency)"]
+    same = "identical" if torch.equal(graphed.images, eager.images) else "not identical"
+    lines += [f"max abs image difference {diff:.2e} (tolerance {tol:.1e}; {same}): {'ok' if ok else 'NO'}", ""]
+    return lines, ok
+
+
 def main() -> int:
     """0 when every check agrees (without CUDA: the CPU side ran and agreed, the GPU side skipped), 2 when not."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -262,7 +352,10 @@ def main() -> int:
     stacked, stacked_ok = stacked_lines(device, timing=cuda)
     lines += stacked
     ok &= stacked_ok
-    lines += timing_lines(device) if cuda else ["Timing skipped: no CUDA device."]
+    lines += timing_lines(device) if cuda else ["Timing skipped: no CUDA device.", ""]
+    distilled, distill_ok = distill_graph_lines(device)  # after timing: a distillation resets the peak memory stats
+    lines += distilled
+    ok &= distill_ok
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)

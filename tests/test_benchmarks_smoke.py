@@ -173,6 +173,9 @@ def test_gpu_check_counts_flops_and_runs_the_cpu_side_without_cuda(tmp_path, mon
         report = (tmp_path / "gpu_check_cpu.md").read_text()
         assert report.count("| yes |") == 4 and "| NO |" not in report
         assert "against separate runs" in report and "(tolerance 1.0e-03): ok" in report  # tgdd.stacked on the device
+        section = report.split("## TGDD distillation, CUDA graphs vs eager", 1)[1]  # the steps' rehearsal on digits
+        assert "| eager (never) | 0 |" in section and "| graphed (always) | 0 |" in section  # no replays without CUDA
+        assert "max abs image difference 0.00e+00 (tolerance 0.0e+00; identical): ok" in section
 
 
 def test_gpu_check_pass_leaves_the_shared_inputs_untouched(monkeypatch):

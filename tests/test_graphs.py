@@ -48,19 +48,19 @@ class CheckedCapture:
     warm_ups: int = 0
     optimizers: list[torch.optim.Optimizer] = field(default_factory=list)
 
-    def warm_up(self, run: Callable[[], None]) -> None:
+    def warm_up(self, run: Callable[[], object]) -> object:
         self.warm_ups += 1
-        run()
+        return run()
 
-    def capture(self, run: Callable[[], None]) -> Callable[[], None]:
+    def capture(self, run: Callable[[], object]) -> Callable[[], object]:
         self.captures += 1
         optimizer = self.optimizers[-1]
         baked = _baked(optimizer)
         assert None not in baked[2], "captured before the momentum buffers exist"
 
-        def replay() -> None:
+        def replay() -> object:
             assert _baked(optimizer) == baked, "a replay after what the graph baked in changed"
-            run()
+            return run()
 
         return replay
 
@@ -128,7 +128,7 @@ def test_a_graph_is_never_replayed_across_a_schedule_step_or_a_momentum_reset(ca
 
 
 class FailingCapture(CheckedCapture):
-    def capture(self, run: Callable[[], None]) -> Callable[[], None]:
+    def capture(self, run: Callable[[], object]) -> Callable[[], object]:
         raise RuntimeError("operation not permitted when stream is capturing")
 
 

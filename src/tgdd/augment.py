@@ -223,6 +223,28 @@ class DiffAugment:
         drawn = self.draw(1, gen, batches[0].device)
         return tuple(drawn(b, self.params) for b in batches)
 
+    @property
+    def fixed_transforms(self) -> bool:
+        """Whether every draw applies the same transforms (no group is chosen at random): then every
+        group of :meth:`draw_groups` applies them and one fixed computation augments all groups."""
+        groups = self.strategy.split("_")
+        if not self.enabled or self.semantics == "dsa-all":
+            return True
+        if self.semantics == "idc":
+            return len([g for g in groups if g not in IDC_BEFORE + IDC_AFTER]) <= 1
+        return len(groups) == 1
+
+    def draw_groups(self, num_groups: int, gen: torch.Generator, device: torch.device) -> GroupDraws | StackedDraws:
+        """One siamese draw per group, independent between groups, in group order (what
+        :meth:`siamese_per_group` applies). Where every group applies the same transforms the draws
+        come stacked (:class:`StackedDraws`: fixed tensors, applied without a host synchronisation)."""
+        draws = tuple(self.draw(1, gen, device) for _ in range(num_groups))
+        transforms = draws[0].transforms
+        if all(d.transforms == transforms for d in draws):
+            values = tuple(torch.cat([d.values[k] for d in draws]) for k in range(len(transforms)))
+            return StackedDraws(transforms, values, self.params)
+        return GroupDraws(draws, self.params)
+
     def siamese_per_group(
         self, batches: tuple[torch.Tensor, ...], groups: tuple[torch.Tensor, ...], num_groups: int, gen: torch.Generator
     ) -> tuple[torch.Tensor, ...]:
@@ -231,10 +253,41 @@ class DiffAugment:
         distinct transform choice instead of one per group (the batched-classes fast path)."""
         if not self.enabled:
             return batches
+        return self.draw_groups(num_groups, gen, batches[0].device).apply(batches, groups)
+
+
+@dataclass(frozen=True)
+class StackedDraws:
+    """One siamese draw per group where every group applies the same transforms: each transform's
+    values of every group stacked, ``[groups, columns]``. Applying them is one fixed computation on
+    fixed-shape tensors (each image takes its group's row): what a CUDA graph can replay."""
+
+    transforms: tuple[str, ...]
+    values: tuple[torch.Tensor, ...]
+    params: DSAParams
+
+    def apply(self, batches: tuple[torch.Tensor, ...], groups: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """Every image of ``batches`` augmented by its group's draw (``groups``: the group of each row)."""
+        return tuple(
+            DrawnAugmentation(self.transforms, tuple(v[group_of] for v in self.values))(batch, self.params)
+            for batch, group_of in zip(batches, groups, strict=True)
+        )
+
+
+@dataclass(frozen=True)
+class GroupDraws:
+    """One siamese draw per group where groups apply different transforms (one group of the
+    strategy chosen per draw): applied once per distinct choice to the rows of its groups."""
+
+    draws: tuple[DrawnAugmentation, ...]
+    params: DSAParams
+
+    def apply(self, batches: tuple[torch.Tensor, ...], groups: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """Every image of ``batches`` augmented by its group's draw (``groups``: the group of each row)."""
         device = batches[0].device
-        draws = [self.draw(1, gen, device) for _ in range(num_groups)]
+        num_groups = len(self.draws)
         by_choice: dict[tuple[str, ...], list[int]] = {}
-        for g, drawn in enumerate(draws):
+        for g, drawn in enumerate(self.draws):
             by_choice.setdefault(drawn.transforms, []).append(g)
         outputs = []
         for batch, group_of in zip(batches, groups, strict=True):
@@ -248,7 +301,9 @@ class DiffAugment:
                 position = torch.full((num_groups,), -1, dtype=torch.long, device=device)
                 position[member_ids] = torch.arange(len(members), device=device)
                 per_image = position[group_of[rows]]
-                values = tuple(torch.cat([draws[g].values[k] for g in members])[per_image] for k in range(len(names)))
+                values = tuple(
+                    torch.cat([self.draws[g].values[k] for g in members])[per_image] for k in range(len(names))
+                )
                 out = out.index_copy(0, rows, DrawnAugmentation(names, values)(batch[rows], self.params))
             outputs.append(out)
         return tuple(outputs)

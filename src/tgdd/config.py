@@ -180,6 +180,13 @@ class SharedDistillConfig(_Strict):
         description="torch.compile the matching networks: 1.26x per iteration at Fashion-MNIST IPC 10 on 2 CPU "
         "cores, after about a minute of compilation (needs a C++ compiler); for long runs",
     )
+    cuda_graphs: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="replay a batched distillation iteration (its compute after the draws: augmentation, forward, "
+        "losses, image steps) as a CUDA graph (tgdd.graphs: the same kernels on the same values) where the classes "
+        "are batched and the augmentation applies the same transforms to every class (TGDD, DANCE); auto and "
+        "always: on CUDA; recorded as execution cuda_graph_replays in the synthetic set, not a reason to redo it",
+    )
     log_every: int = Field(10, ge=1, description="iterations between loss records")
     checkpoint_every: int = Field(100, ge=0, description="iterations between resumable checkpoints (0: never)")
 

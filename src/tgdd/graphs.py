@@ -1,14 +1,22 @@
-"""Replaying the stacked training step as a CUDA graph.
+"""Replaying a fixed training step or distillation iteration as a CUDA graph.
 
 On a GPU, training small networks is launch-bound: a ConvNet step is about a hundred small
 kernels, each a few microseconds of work behind a few microseconds of launch. A CUDA graph
 records the kernels of one step once and replays them with one launch (measured on an H200: a
 step in 1.06 ms instead of 2.46 ms, ``../shared/gpu/README.md``).
 
-What is captured is the *fixed-shape* part of a stacked training step (:mod:`tgdd.stacked`):
-forward of the K networks, loss, backward and the SGD update, reading its inputs (the K
-augmented batches, both label sets, CutMix's kept fractions) from static buffers. The draws stay
-outside, eager, exactly as a separate run takes them, so a graphed training is the same
+What is captured is the *fixed-shape* part of a step, which reads its inputs from static buffers:
+
+* a stacked training step (:mod:`tgdd.stacked`): forward of the K networks, loss, backward and
+  the SGD update; its inputs are the K augmented batches, both label sets and CutMix's kept
+  fractions;
+* a batched distillation iteration (:mod:`tgdd.methods.matching`): augmentation with drawn
+  parameters, the matching networks' forward, the losses of every class, the image gradient and
+  the per-class image steps; its inputs are the iteration's draws (:class:`tgdd.methods.loop.ClassDraws`:
+  real batches, kept synthetic rows, one stacked augmentation draw per class). The networks'
+  snapshots are loaded in place beforehand, so the graph reads them where it recorded them.
+
+The draws stay outside, eager, exactly as an eager run takes them, so a graphed run is the same
 computation as an eager one: the same kernels on the same values.
 
 A replay repeats what was recorded, so everything the step reads must keep its address and
@@ -23,32 +31,38 @@ everything it bakes in must not change. :class:`GraphedStep` keeps that true:
 * SGD's momentum buffers must exist before capture (the first step creates them): while the
   optimiser holds no state (the first step, DC's momentum reset at its milestone) the step runs
   eagerly and the graphs are dropped;
-* the step draws nothing from a generator (``vmap(..., randomness="error")`` would refuse it),
-  so no generator needs registering with the graph.
+* the step draws nothing from a generator (``vmap(..., randomness="error")`` would refuse it in
+  a stacked step; a distillation iteration makes its draws before its compute), so no generator
+  needs registering with the graph;
+* a distillation iteration's graph is also keyed by what the compute depends on besides shapes
+  (its networks and the transforms its augmentation applies, which must be the same for every
+  class: ``DiffAugment.fixed_transforms``).
 
 Where capture is impossible (no CUDA device, or capture raises), the step runs eagerly and the
 log says so once. The bookkeeping above is tested on the CPU with a capture that checks, at
-every replay, that nothing it baked in has changed (``tests/test_graphs.py``); the capture
-itself needs a GPU (``benchmarks/gpu_check.py`` compares graphed with eager training there).
+every replay, that nothing it baked in has changed and that a replay draws nothing
+(``tests/test_graphs.py``, ``tests/test_graphs_distill.py``); the capture itself needs a GPU
+(``benchmarks/gpu_check.py`` compares graphed with eager runs there).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import torch
 
 log = logging.getLogger(__name__)
 
 GraphChoice = Literal["auto", "always", "never"]
+T = TypeVar("T")
 
 WARMUP_STEPS = 3
 """Eager steps of one shape before its capture (the CUDA graphs documentation warms up with 3)."""
 
-Step = Callable[..., None]
+Step = Callable[..., Any]
 
 
 class GraphBackend(Protocol):
@@ -57,11 +71,12 @@ class GraphBackend(Protocol):
 
     replays: int
 
-    def warm_up(self, run: Callable[[], None]) -> None:
-        """Run one eager step where capture wants its warm-up."""
+    def warm_up(self, run: Callable[[], T]) -> T:
+        """Run one eager step where capture wants its warm-up; its output."""
 
-    def capture(self, run: Callable[[], None]) -> Callable[[], None]:
-        """Record ``run`` (without running it) and return its replay."""
+    def capture(self, run: Callable[[], T]) -> Callable[[], T]:
+        """Record ``run`` (without running it) and return its replay, which returns the step's
+        output (on CUDA the same tensors every replay, refilled)."""
 
 
 @dataclass
@@ -78,17 +93,23 @@ class CudaGraphs:
         self.pool = torch.cuda.graph_pool_handle()
         self.stream = torch.cuda.Stream(self.device)
 
-    def warm_up(self, run: Callable[[], None]) -> None:
+    def warm_up(self, run: Callable[[], T]) -> T:
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.stream):
-            run()
+            output = run()
         torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        return output
 
-    def capture(self, run: Callable[[], None]) -> Callable[[], None]:
+    def capture(self, run: Callable[[], T]) -> Callable[[], T]:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            run()
-        return graph.replay
+            output = run()
+
+        def replay() -> T:
+            graph.replay()
+            return output
+
+        return replay
 
 
 def graph_backend(choice: GraphChoice, device: torch.device, what: str) -> GraphBackend | None:
@@ -107,21 +128,24 @@ def graph_backend(choice: GraphChoice, device: torch.device, what: str) -> Graph
 @dataclass(frozen=True)
 class _Captured:
     inputs: tuple[torch.Tensor, ...]  # the static buffers the replay reads
-    replay: Callable[[], None]
+    replay: Callable[[], Any]
 
 
 class GraphedStep:
-    """``step(*inputs)`` (a training step: it updates parameters and ``optimizer``'s state in place
-    and returns nothing) run eagerly or replayed from graphs, by the rules in the module docstring.
-    With ``backend=None`` every call is the eager step, unchanged."""
+    """``step(*inputs)`` (a training step or a distillation iteration: it updates parameters and
+    ``optimizer``'s state in place and returns its output, e.g. its loss terms as a tensor) run
+    eagerly or replayed from graphs, by the rules in the module docstring. A replay's output is
+    the graph's own tensor, refilled by the next replay: read it before the next call. ``key``
+    names what besides the inputs' shapes the step's computation depends on (a graph per key and
+    shapes). With ``backend=None`` every call is the eager step, unchanged."""
 
     def __init__(self, step: Step, optimizer: torch.optim.Optimizer, backend: GraphBackend | None, what: str) -> None:
         self.step = step
         self.optimizer = optimizer
         self.backend = backend
         self.what = what
-        self.graphs: dict[tuple[torch.Size, ...], _Captured] = {}
-        self.warm_ups: dict[tuple[torch.Size, ...], int] = {}
+        self.graphs: dict[Hashable, _Captured] = {}
+        self.warm_ups: dict[Hashable, int] = {}
         self.learning_rates: tuple[float, ...] | None = None
 
     @property
@@ -133,33 +157,30 @@ class GraphedStep:
         self.graphs.clear()
         self.warm_ups.clear()
 
-    def __call__(self, *inputs: torch.Tensor) -> None:
+    def __call__(self, *inputs: torch.Tensor, key: Hashable = None) -> Any:
         if self.backend is None:
-            self.step(*inputs)
-            return
+            return self.step(*inputs)
         learning_rates = tuple(float(group["lr"]) for group in self.optimizer.param_groups)
         if learning_rates != self.learning_rates:  # baked into the update: a schedule step
             self._drop_graphs()
             self.learning_rates = learning_rates
         if not self.optimizer.state:  # no momentum buffers yet (first step, DC's reset)
             self._drop_graphs()
-            self.backend.warm_up(lambda: self.step(*inputs))
-            return
-        shape = tuple(t.shape for t in inputs)
-        captured = self.graphs.get(shape)
+            return self.backend.warm_up(lambda: self.step(*inputs))
+        graph_key = (key, tuple(t.shape for t in inputs))
+        captured = self.graphs.get(graph_key)
         if captured is not None:
             for static, value in zip(captured.inputs, inputs, strict=True):
                 static.copy_(value)
-            captured.replay()
+            output = captured.replay()
             self.backend.replays += 1
-            return
-        if self.warm_ups.get(shape, 0) < WARMUP_STEPS:
-            self.warm_ups[shape] = self.warm_ups.get(shape, 0) + 1
-            self.backend.warm_up(lambda: self.step(*inputs))
-            return
-        self._capture_and_replay(shape, inputs)
+            return output
+        if self.warm_ups.get(graph_key, 0) < WARMUP_STEPS:
+            self.warm_ups[graph_key] = self.warm_ups.get(graph_key, 0) + 1
+            return self.backend.warm_up(lambda: self.step(*inputs))
+        return self._capture_and_replay(graph_key, inputs)
 
-    def _capture_and_replay(self, shape: tuple[torch.Size, ...], inputs: tuple[torch.Tensor, ...]) -> None:
+    def _capture_and_replay(self, graph_key: Hashable, inputs: tuple[torch.Tensor, ...]) -> Any:
         assert self.backend is not None
         static = tuple(t.clone() for t in inputs)
         self.optimizer.zero_grad(set_to_none=True)  # the capture's backward writes its own gradients
@@ -169,9 +190,9 @@ class GraphedStep:
             log.warning("%s: capturing the step as a CUDA graph failed, it runs eagerly: %s", self.what, error)
             self.backend = None
             self._drop_graphs()
-            self.step(*inputs)
-            return
-        log.debug("%s: the step for inputs %s is captured as a CUDA graph", self.what, [list(s) for s in shape])
-        self.graphs[shape] = _Captured(static, replay)
-        replay()
+            return self.step(*inputs)
+        log.debug("%s: the step for inputs %s is captured as a CUDA graph", self.what, graph_key)
+        self.graphs[graph_key] = _Captured(static, replay)
+        output = replay()
         self.backend.replays += 1
+        return output

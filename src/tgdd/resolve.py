@@ -55,6 +55,7 @@ class DistillSettings:
     image_update: str
     image_space: str
     real_batches: str
+    cuda_graphs: str = "auto"  # replay the batched iteration as a CUDA graph: how, not what (NOT_RESULT_KEYS)
     own: dict[str, Any] = field(default_factory=dict)
     # the row of the method's published table its defaults were taken from, when the authors published none
     # at this IPC (MTT, IDM: {"dataset": "cifar10", "ipc": 10} at IPC 7); None: the IPC's own row or no table
@@ -252,8 +253,9 @@ def check_cells(cells: Iterable[Config]) -> None:
 # the same update as per class (docs/fidelity.md), an execution choice like the device ("auto" decides
 # by device), so a set distilled batched on a GPU is not stale where a CPU would run it per class.
 # stack_nets: IDM's fetched networks trained as one stacked training, equal within float rounding.
+# cuda_graphs: an iteration replayed from a CUDA graph runs the same kernels on the same values.
 # At any depth of a record (a method's own section included).
-NOT_RESULT_KEYS = {"checkpoint_every", "batched_classes", "stack_nets"}
+NOT_RESULT_KEYS = {"checkpoint_every", "batched_classes", "stack_nets", "cuda_graphs"}
 
 
 def results_only(record: dict[str, Any]) -> dict[str, Any]:

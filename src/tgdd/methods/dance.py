@@ -19,8 +19,14 @@ from torch import nn
 from tgdd.cards.dance import DANCESettings
 from tgdd.experts import StateDict
 from tgdd.methods import DistillContext, implements
-from tgdd.methods.loop import Iteration, Phase, Terms, class_batch, class_batches, segment_mean
-from tgdd.methods.matching import MatchingMethod, matching_phase, synthetic_batch
+from tgdd.methods.loop import ClassDraws, Iteration, Phase, Terms, class_batch, class_batches, segment_mean
+from tgdd.methods.matching import (
+    MatchingMethod,
+    decoded_input,
+    draw_synthetic_subsets,
+    matching_phase,
+    synthetic_batch,
+)
 
 
 def interpolate_state(start: StateDict, end: StateDict, lam: float) -> StateDict:
@@ -54,14 +60,14 @@ def calibration_phase(it: Iteration, trained: nn.Module) -> Phase:
         loss = weight * ce
         return loss, {"loss": loss.detach(), "calibration": ce.detach()}
 
-    def batched(images: torch.Tensor) -> tuple[torch.Tensor, Terms]:
-        b = class_batches(it, images, synthetic, real=False)
+    def batched(images: torch.Tensor, drawn: ClassDraws) -> tuple[torch.Tensor, Terms]:
+        b = class_batches(it, images, decoded_input(it), drawn)
         per_image = F.cross_entropy(trained(b.syn), b.syn_ids, reduction="none")
         ce = segment_mean(per_image.unsqueeze(1), b.syn_ids, b.num_classes).squeeze(1)
         loss = weight * ce
         return loss, {"loss": loss.detach().sum(), "calibration": ce.detach().sum()}
 
-    return Phase(one, batched)
+    return Phase(one, batched, lambda: draw_synthetic_subsets(it, real=False))
 
 
 class DANCE(MatchingMethod):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tgdd.cards.datadam import DataDAMSettings
 from tgdd.errors import TgddError
 from tgdd.methods import DistillContext, implements
-from tgdd.methods.loop import Iteration, Phase, Terms, class_batches, segment_mean
+from tgdd.methods.loop import ClassDraws, Iteration, Phase, Terms, class_batches, draw_class_batches, segment_mean
 from tgdd.methods.matching import DM
 from tgdd.models import FAMILIES
 from tgdd.synthetic import decode
@@ -111,8 +111,8 @@ def attention_phase(it: Iteration, own: DataDAMSettings, blocks: list[int]) -> P
     def synthetic(images: torch.Tensor) -> torch.Tensor:
         return it.space.network_input(decode(images, s.factor))
 
-    def batched(images: torch.Tensor) -> tuple[torch.Tensor, Terms]:
-        b = class_batches(it, images, synthetic)
+    def batched(images: torch.Tensor, drawn: ClassDraws) -> tuple[torch.Tensor, Terms]:
+        b = class_batches(it, images, synthetic, drawn)
         with torch.no_grad():
             real_taps = it.extractor.activations(b.real)
         syn_taps = it.extractor.activations(b.syn)
@@ -120,7 +120,7 @@ def attention_phase(it: Iteration, own: DataDAMSettings, blocks: list[int]) -> P
         terms = {"loss": loss.detach().sum(), "attention": attention.detach().sum(), "mmd": mmd.detach().sum()}
         return loss, terms
 
-    return Phase(None, batched)
+    return Phase(None, batched, lambda: draw_class_batches(it, s.ipc * s.factor**2))
 
 
 class DataDAM(DM):

@@ -47,6 +47,7 @@ from tgdd.data.prepared import REAL_BATCHES, ClassSampler
 from tgdd.errors import TgddError
 from tgdd.methods import DistillContext, implements
 from tgdd.methods.loop import (
+    ClassDraws,
     ImageMethod,
     ImageState,
     Iteration,
@@ -60,6 +61,7 @@ from tgdd.methods.loop import (
     batched_classes,
     class_batch,
     class_batches,
+    draw_class_batches,
     run_phase,
     segment_mean,
     term_means,
@@ -367,8 +369,8 @@ def idm_phase(it: Iteration, accuracy: float, ce_weight: float) -> Phase:
         loss, mmd, ce = idm_class_loss(net, real, syn, c, accuracy, ce_weight)
         return loss, {"loss": loss.detach(), "mmd": mmd, "ce": ce, "accuracy": acc}
 
-    def batched(images: torch.Tensor) -> tuple[torch.Tensor, Terms]:
-        b = class_batches(it, images, expanded)
+    def batched(images: torch.Tensor, drawn: ClassDraws) -> tuple[torch.Tensor, Terms]:
+        b = class_batches(it, images, expanded, drawn)
         with torch.no_grad():
             real_means = segment_mean(net.features(b.real), b.real_ids, b.num_classes)
         syn_features = net.features(b.syn)
@@ -384,7 +386,7 @@ def idm_phase(it: Iteration, accuracy: float, ce_weight: float) -> Phase:
         }
         return loss, terms
 
-    return Phase(one, batched)
+    return Phase(one, batched, lambda: draw_class_batches(it, s.ipc * s.factor**2))
 
 
 @contextmanager

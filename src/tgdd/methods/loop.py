@@ -10,14 +10,14 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from tgdd.augment import DiffAugment, normalize
+from tgdd.augment import DiffAugment, GroupDraws, StackedDraws, normalize
 from tgdd.errors import TgddError
 from tgdd.methods import DistillContext, DistillOutput
 from tgdd.progress import bar
@@ -104,13 +104,16 @@ Terms = dict[str, torch.Tensor]
 @dataclass(frozen=True)
 class Phase:
     """One pass over the classes, each class with a loss on its own images. ``one(c, images_c)``
-    draws class c's batches and returns (loss, terms); ``batched(images)`` does every class in one
-    forward pass and returns (per-class losses, terms summed over classes). Terms are the method's
+    draws class c's batches and returns (loss, terms); the batched pass does every class in one
+    forward pass, split in two: ``draw()`` makes its random draws (:func:`draw_class_batches`) and
+    ``batched(images, drawn)`` computes from them (per-class losses, terms summed over classes) and
+    draws nothing, so that it is a fixed computation a CUDA graph can replay. Terms are the method's
     named loss terms (its card's ``terms``), detached scalars. ``one`` is None for a loss defined
     only over every class at once (:attr:`tgdd.methods.matching.MatchingMethod.joint_classes`)."""
 
     one: Callable[[int, torch.Tensor], tuple[torch.Tensor, Terms]] | None
-    batched: Callable[[torch.Tensor], tuple[torch.Tensor, Terms]]
+    batched: Callable[[torch.Tensor, Any], tuple[torch.Tensor, Terms]]
+    draw: Callable[[], Any] = lambda: None
 
 
 def add_terms(total: Terms, more: Terms) -> Terms:
@@ -121,19 +124,12 @@ def run_phase(state: ImageState, phase: Phase, update: str, batched: bool) -> Te
     """Step the images through one phase under the method's update rule (its card's
     ``image_update``): ``summed`` is one step on the sum of the class losses (DM), ``per-class`` one
     step per class, literally or as :meth:`ImageState.probe` + :meth:`ImageState.replay`."""
-    if update == "summed":
-        if batched:
-            losses, terms = phase.batched(state.images)
-        else:
-            parts = [phase.one(c, state.images[state.rows(c)]) for c in range(state.num_classes)]
-            losses, terms = torch.stack([p[0] for p in parts]), functools.reduce(add_terms, [p[1] for p in parts])
-        state.step(losses.sum())
-        return terms
     if batched:
-        probe = state.probe()
-        losses, terms = phase.batched(probe)
-        (grad,) = torch.autograd.grad(losses.sum(), probe)
-        state.replay(grad)
+        return run_batched_phase(state, phase, update, phase.draw())
+    if update == "summed":
+        parts = [phase.one(c, state.images[state.rows(c)]) for c in range(state.num_classes)]
+        losses, terms = torch.stack([p[0] for p in parts]), functools.reduce(add_terms, [p[1] for p in parts])
+        state.step(losses.sum())
         return terms
     totals: Terms = {}
     for c in range(state.num_classes):
@@ -141,6 +137,20 @@ def run_phase(state: ImageState, phase: Phase, update: str, batched: bool) -> Te
         state.step(loss)
         totals = add_terms(totals, terms)
     return totals
+
+
+def run_batched_phase(state: ImageState, phase: Phase, update: str, drawn: Any) -> Terms:
+    """The batched pass of :func:`run_phase` on draws already made (``drawn``, from ``phase.draw()``):
+    draws nothing, so that a CUDA graph can replay it."""
+    if update == "summed":
+        losses, terms = phase.batched(state.images, drawn)
+        state.step(losses.sum())
+        return terms
+    probe = state.probe()
+    losses, terms = phase.batched(probe, drawn)
+    (grad,) = torch.autograd.grad(losses.sum(), probe)
+    state.replay(grad)
+    return terms
 
 
 def batched_classes(ctx: DistillContext, mixes_statistics: bool, arch: str) -> bool:
@@ -184,9 +194,11 @@ def class_ids(counts: list[int], device: torch.device) -> torch.Tensor:
 
 
 def segment_mean(values: torch.Tensor, ids: torch.Tensor, groups: int) -> torch.Tensor:
-    """Mean of the rows of ``values`` per group id: ``[n, d]`` -> ``[groups, d]``."""
+    """Mean of the rows of ``values`` per group id: ``[n, d]`` -> ``[groups, d]`` (an empty group: 0).
+    Counted by ``index_add`` rather than ``bincount``, which reads its size on the host on CUDA."""
     sums = torch.zeros(groups, values.shape[1], device=values.device, dtype=values.dtype).index_add(0, ids, values)
-    counts = torch.bincount(ids, minlength=groups).clamp(min=1).to(values.dtype)
+    ones = torch.ones(len(ids), device=values.device, dtype=values.dtype)
+    counts = torch.zeros(groups, device=values.device, dtype=values.dtype).index_add(0, ids, ones).clamp(min=1)
     return sums / counts.unsqueeze(1)
 
 
@@ -212,22 +224,83 @@ class ClassBatches:
     num_classes: int
 
 
-def class_batches(it: Iteration, images: torch.Tensor, synthetic: Synthetic, real: bool = True) -> ClassBatches:
-    """:func:`class_batch` for every class in one go, the same draws in the same order: every class's real
-    batch, then every class's synthetic batch, then one augmentation draw per class shared by its real and
-    synthetic rows (independent between classes). ``real=False``: synthetic batches alone."""
-    ctx, ipc = it.ctx, it.ctx.settings.ipc
-    num_classes = len(images) // ipc
-    reals = [it.real.next(c, ctx.gen) for c in range(num_classes)] if real else []
-    syns = [synthetic(images[c * ipc : (c + 1) * ipc]) for c in range(num_classes)]
-    syn_ids = class_ids([len(x) for x in syns], ctx.device)
+@dataclass(frozen=True)
+class ClassDraws:
+    """The random draws of one batched pass, made before its compute, in :func:`class_batch`'s order
+    class after class: every class's real batch, then the synthetic rows each class keeps, then one
+    augmentation draw per class. From these and the images, :func:`class_batches` is a fixed
+    computation (no draw, no host synchronisation where the draws are stacked)."""
+
+    real: torch.Tensor | None  # every class's real pixels in [0, 1], class-major (None: no real batches)
+    real_ids: torch.Tensor | None
+    syn_ids: torch.Tensor
+    keep: torch.Tensor | None  # [classes, kept]: the rows of each class's synthetic batch kept (None: all)
+    augmentation: StackedDraws | GroupDraws | None  # None: no augmentation
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """Every tensor of the draws, in a fixed order (what a CUDA graph reads from static buffers)."""
+        values = () if self.augmentation is None else self._stacked().values
+        return tuple(t for t in (self.real, self.real_ids, self.syn_ids, self.keep) if t is not None) + values
+
+    def structure(self) -> tuple[Any, ...]:
+        """What besides the tensors' shapes the compute depends on (part of a graph's key)."""
+        aug = None if self.augmentation is None else self._stacked().transforms
+        return (self.real is None, self.keep is None, aug)
+
+    def with_tensors(self, tensors: Iterator[torch.Tensor]) -> ClassDraws:
+        """These draws with their tensors taken, in :meth:`tensors`' order, from ``tensors``."""
+
+        def take(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else next(tensors)
+
+        real, real_ids, syn_ids, keep = (take(t) for t in (self.real, self.real_ids, self.syn_ids, self.keep))
+        aug = self.augmentation
+        if aug is not None:
+            aug = replace(self._stacked(), values=tuple(next(tensors) for _ in self._stacked().values))
+        return ClassDraws(real, real_ids, syn_ids, keep, aug)
+
+    def _stacked(self) -> StackedDraws:
+        if not isinstance(self.augmentation, StackedDraws):
+            raise TypeError("only stacked augmentation draws are fixed tensors (DiffAugment.fixed_transforms)")
+        return self.augmentation
+
+
+def draw_class_batches(it: Iteration, per_class: int, kept: int | None = None, real: bool = True) -> ClassDraws:
+    """The draws of a batched pass over ``per_class`` synthetic images per class (as the phase's
+    :data:`Synthetic` yields them), of which each class keeps a random ``kept`` if it has more
+    (``synthetic_batch``'s subset); ``real=False``: no real batches."""
+    ctx = it.ctx
+    gen, device, num_classes = ctx.gen, ctx.device, ctx.train.num_classes
+    reals = [it.real.next(c, gen) for c in range(num_classes)] if real else []
+    keep = None
+    if kept is not None and per_class > kept:
+        picks = [torch.randperm(per_class, generator=gen, device=gen.device)[:kept] for _ in range(num_classes)]
+        keep = torch.stack(picks).to(device)
+    syn_ids = class_ids([kept if keep is not None else per_class] * num_classes, device)
+    augmentation = it.augment.draw_groups(num_classes, gen, device) if it.augment.enabled else None
     if not real:
-        (syn,) = it.augment.siamese_per_group((torch.cat(syns),), (syn_ids,), num_classes, ctx.gen)
-        return ClassBatches(None, syn, None, syn_ids, num_classes)
-    real_ids = class_ids([len(r) for r in reals], ctx.device)
-    both = (normalize(torch.cat(reals), it.space.mean, it.space.std), torch.cat(syns))
-    real_rows, syn = it.augment.siamese_per_group(both, (real_ids, syn_ids), num_classes, ctx.gen)
-    return ClassBatches(real_rows, syn, real_ids, syn_ids, num_classes)
+        return ClassDraws(None, None, syn_ids, keep, augmentation)
+    return ClassDraws(torch.cat(reals), class_ids([len(r) for r in reals], device), syn_ids, keep, augmentation)
+
+
+def class_batches(it: Iteration, images: torch.Tensor, synthetic: Synthetic, drawn: ClassDraws) -> ClassBatches:
+    """:func:`class_batch` for every class in one go, from the draws ``drawn`` (:func:`draw_class_batches`):
+    every class's real batch, every class's synthetic batch (the rows it keeps), each class's augmentation
+    draw shared by its real and synthetic rows (independent between classes)."""
+    ipc = it.ctx.settings.ipc
+    num_classes = len(images) // ipc
+    syns = [synthetic(images[c * ipc : (c + 1) * ipc]) for c in range(num_classes)]
+    syn = torch.cat(syns)
+    if drawn.keep is not None:
+        offsets = torch.arange(num_classes, device=drawn.keep.device).view(-1, 1) * len(syns[0])
+        syn = syn[(drawn.keep + offsets).flatten()]
+    aug = drawn.augmentation
+    if drawn.real is None:
+        (syn,) = (syn,) if aug is None else aug.apply((syn,), (drawn.syn_ids,))
+        return ClassBatches(None, syn, None, drawn.syn_ids, num_classes)
+    both = (normalize(drawn.real, it.space.mean, it.space.std), syn)
+    real_rows, syn = both if aug is None else aug.apply(both, (drawn.real_ids, drawn.syn_ids))
+    return ClassBatches(real_rows, syn, drawn.real_ids, drawn.syn_ids, num_classes)
 
 
 # --- what a run continues from ------------------------------------------------------------------
@@ -299,8 +372,18 @@ class Measured:
 def term_means(totals: Terms, terms: tuple[str, ...], num_classes: int, device: torch.device) -> Measured:
     """The class means of the terms a pass over the classes summed (0 for a term it did not report), in
     one host sync; the loss is the first term."""
+    return measured_means(term_totals(totals, terms, device), terms, num_classes)
+
+
+def term_totals(totals: Terms, terms: tuple[str, ...], device: torch.device) -> torch.Tensor:
+    """The summed terms as one tensor in the card's order (0 for a term the pass did not report)."""
     zero = torch.zeros((), device=device)
-    means = (torch.stack([totals.get(t, zero) for t in terms]) / num_classes).tolist()  # one host sync
+    return torch.stack([torch.as_tensor(totals.get(t, zero), device=device) for t in terms])
+
+
+def measured_means(totals: torch.Tensor, terms: tuple[str, ...], num_classes: int) -> Measured:
+    """:func:`term_totals`' class means, read in one host sync; the loss is the first term."""
+    means = (totals / num_classes).tolist()
     return Measured(means[0], dict(zip(terms, means, strict=True)))
 
 

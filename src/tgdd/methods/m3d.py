@@ -17,6 +17,7 @@ from tgdd.cards.m3d import M3DSettings
 from tgdd.methods import DistillContext, implements
 from tgdd.methods.kernel_mmd import kernel_mmd
 from tgdd.methods.loop import (
+    ClassDraws,
     Iteration,
     MatchingState,
     Phase,
@@ -26,7 +27,7 @@ from tgdd.methods.loop import (
     class_batch,
     class_batches,
 )
-from tgdd.methods.matching import DM, MatchingMethod, synthetic_batch
+from tgdd.methods.matching import DM, MatchingMethod, decoded_input, draw_synthetic_subsets, synthetic_batch
 from tgdd.models import build_model
 from tgdd.runtime import seeded_init
 
@@ -70,8 +71,8 @@ def kernel_phase(it: Iteration, settings: M3DSettings) -> Phase:
         mmd = kernel_mmd(real_features, it.extractor.features(syn), kernel, bandwidths)
         return mmd, {"loss": mmd.detach(), "mmd": mmd.detach()}
 
-    def batched(images: torch.Tensor) -> tuple[torch.Tensor, Terms]:
-        b = class_batches(it, images, synthetic)
+    def batched(images: torch.Tensor, drawn: ClassDraws) -> tuple[torch.Tensor, Terms]:
+        b = class_batches(it, images, decoded_input(it), drawn)
         with torch.no_grad():
             real_features = it.extractor.features(b.real)
         syn_features = it.extractor.features(b.syn)
@@ -84,7 +85,7 @@ def kernel_phase(it: Iteration, settings: M3DSettings) -> Phase:
         total = mmd.detach().sum()
         return mmd, {"loss": total, "mmd": total}
 
-    return Phase(one, batched)
+    return Phase(one, batched, lambda: draw_synthetic_subsets(it))
 
 
 class M3D(DM):

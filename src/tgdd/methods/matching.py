@@ -7,6 +7,8 @@ DANCE and DataDAM extend :class:`MatchingMethod`."""
 from __future__ import annotations
 
 import functools
+import logging
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import torch
@@ -17,8 +19,10 @@ from tgdd.augment import DiffAugment
 from tgdd.cards import METHODS
 from tgdd.cards.tgdd import TGDDSettings
 from tgdd.data.prepared import REAL_BATCHES
+from tgdd.graphs import GraphBackend, GraphedStep, graph_backend
 from tgdd.methods import DistillContext, implements
 from tgdd.methods.loop import (
+    ClassDraws,
     ImageMethod,
     ImageState,
     Iteration,
@@ -32,14 +36,20 @@ from tgdd.methods.loop import (
     batched_classes,
     class_batch,
     class_batches,
+    draw_class_batches,
+    measured_means,
+    run_batched_phase,
     run_phase,
     segment_mean,
     term_means,
+    term_totals,
 )
 from tgdd.models import build_model
 from tgdd.resolve import DistillSettings
 from tgdd.runtime import seeded_init
 from tgdd.synthetic import decode, initial_images
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,20 @@ def synthetic_batch(images: torch.Tensor, settings: DistillSettings, gen: torch.
     return syn
 
 
+def decoded_input(it: Iteration) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A class's stored images -> every decoded image as the network takes it: :func:`synthetic_batch`
+    of a batched pass, whose subset comes from its draws (:func:`draw_synthetic_subsets`)."""
+    factor = it.ctx.settings.factor
+    return lambda images: it.space.network_input(decode(images, factor))
+
+
+def draw_synthetic_subsets(it: Iteration, real: bool = True) -> ClassDraws:
+    """The draws of a batched pass over :func:`decoded_input`, each class keeping at most
+    ``max_syn_per_class`` decoded images (:func:`synthetic_batch`'s subset)."""
+    s = it.ctx.settings
+    return draw_class_batches(it, s.ipc * s.factor**2, s.max_syn_per_class, real=real)
+
+
 def _frozen(model: nn.Module) -> nn.Module:
     """A matching network as the authors' code holds it: freshly built, so in training mode, and never
     stepped (their code computes its weight gradients and discards them; not computing them here
@@ -133,8 +157,8 @@ def matching_phase(it: Iteration, alpha: float) -> Phase:
         loss, mmd, sdc = class_loss(it.extractor, it.expert, real, syn, c, alpha)
         return loss, {"loss": loss.detach(), "mmd": mmd, "sdc": sdc}
 
-    def batched(images: torch.Tensor) -> tuple[torch.Tensor, Terms]:
-        b = class_batches(it, images, synthetic)
+    def batched(images: torch.Tensor, drawn: ClassDraws) -> tuple[torch.Tensor, Terms]:
+        b = class_batches(it, images, decoded_input(it), drawn)
         with torch.no_grad():
             real_means = segment_mean(it.extractor.features(b.real), b.real_ids, b.num_classes)
         mmd = (real_means - segment_mean(it.extractor.features(b.syn), b.syn_ids, b.num_classes)).pow(2).sum(1)
@@ -146,7 +170,7 @@ def matching_phase(it: Iteration, alpha: float) -> Phase:
         loss = mmd + alpha * sdc
         return loss, {"loss": loss.detach().sum(), "mmd": mmd.detach().sum(), "sdc": sdc.detach().sum()}
 
-    return Phase(one, batched)
+    return Phase(one, batched, lambda: draw_synthetic_subsets(it))
 
 
 class MatchingMethod(ImageMethod):
@@ -176,7 +200,10 @@ class MatchingMethod(ImageMethod):
 
     def prepare(self, ctx: DistillContext, state: MatchingState, space: Space) -> Step:
         """The two matching networks (frozen, compiled if asked) and the iteration: this iteration's
-        networks (:meth:`networks`), pixel-space images clamped to [0, 1], the phases (:meth:`phases`)."""
+        networks (:meth:`networks`), pixel-space images clamped to [0, 1], the phases (:meth:`phases`).
+        Batched, the iteration makes every phase's draws first, then computes from them: a fixed
+        computation, replayed from a CUDA graph where ``distill.cuda_graphs`` and the augmentation
+        allow (:func:`iteration_graphs`)."""
         s, train, device = ctx.settings, ctx.train, ctx.device
         terms = METHODS.get(s.method).terms  # "loss" first
         channels, size = train.images.shape[1], train.images.shape[2]
@@ -186,20 +213,67 @@ class MatchingMethod(ImageMethod):
         batched = self.joint_classes or batched_classes(ctx, has_batch_norm(nets[0]), arch)
         if s.compile:
             nets = tuple(_compiled(net) for net in nets)
+        backend = iteration_graphs(ctx, augment, batched)
+        graphed: dict[Hashable, GraphedStep] = {}  # one per networks and draw structure (one for TGDD)
 
-        def step(state: MatchingState) -> Measured:
-            extractor, expert = self.networks(ctx, nets)
+        def clamp(state: MatchingState) -> None:
             if not space.normalised:
                 with torch.no_grad():
                     state.images.images.clamp_(0, 1)
+
+        def compute(phases: list[Phase], draws: list[ClassDraws]) -> torch.Tensor:
+            """The batched iteration after its draws: its summed terms in the card's order. Draws nothing."""
+            clamp(state)
+            passes = [run_batched_phase(state.images, p, s.image_update, d) for p, d in zip(phases, draws, strict=True)]
+            return term_totals(functools.reduce(add_terms, passes), terms, device)
+
+        def step(state: MatchingState) -> Measured:
+            extractor, expert = self.networks(ctx, nets)
             shared = Iteration(ctx, state.real, augment, space, extractor, expert)
-            totals = functools.reduce(
-                add_terms,
-                [run_phase(state.images, phase, s.image_update, batched) for phase in self.phases(shared, nets)],
-            )
-            return term_means(totals, terms, train.num_classes, device)
+            phases = self.phases(shared, nets)
+            if not batched:
+                clamp(state)
+                totals = functools.reduce(
+                    add_terms, [run_phase(state.images, p, s.image_update, False) for p in phases]
+                )
+                return term_means(totals, terms, train.num_classes, device)
+            draws = [phase.draw() for phase in phases]
+            if backend is None:
+                return measured_means(compute(phases, draws), terms, train.num_classes)
+            key = (id(extractor), id(expert), tuple(d.structure() for d in draws))
+            if key not in graphed:  # its phases and draw structure, bound once: what a graph replays
+
+                def replayable(*tensors: torch.Tensor, phases=phases, draws=draws) -> torch.Tensor:
+                    rest = iter(tensors)
+                    return compute(phases, [d.with_tensors(rest) for d in draws])
+
+                graphed[key] = GraphedStep(replayable, state.images.optimizer, backend, f"distill {s.method}")
+            totals = graphed[key](*(t for d in draws for t in d.tensors()))
+            ctx.execution["cuda_graph_replays"] = backend.replays
+            return measured_means(totals, terms, train.num_classes)
 
         return step
+
+
+def iteration_graphs(ctx: DistillContext, augment: DiffAugment, batched: bool) -> GraphBackend | None:
+    """The graph backend for the batched iteration under ``distill.cuda_graphs`` (:func:`tgdd.graphs.graph_backend`),
+    or None for eager iterations: also where the classes run one after another (per-class steps) or where the
+    augmentation chooses its transforms per class (``dsa`` semantics with several groups: DM, DataDAM, M3D), whose
+    computation differs between iterations; said once in the log. Recorded in ``ctx.execution``."""
+    s = ctx.settings
+    backend = graph_backend(s.cuda_graphs, ctx.device, f"distill {s.method}")
+    reason = None
+    if backend is not None and not batched:
+        reason = "its classes run one after another (distill.batched_classes)"
+    elif backend is not None and not augment.fixed_transforms:
+        reason = f"its augmentation chooses transforms per class ({s.augment_semantics} {s.dsa_strategy})"
+    if reason is not None:
+        level = logging.WARNING if s.cuda_graphs == "always" else logging.INFO
+        log.log(level, "distill %s: iterations run eagerly, not from CUDA graphs: %s", s.method, reason)
+        backend = None
+    if backend is not None:
+        ctx.execution["cuda_graph_replays"] = 0
+    return backend
 
 
 class TGDD(MatchingMethod):

@@ -215,16 +215,17 @@ class MatchingMethod(ImageMethod):
             nets = tuple(_compiled(net) for net in nets)
         backend = iteration_graphs(ctx, augment, batched)
         graphed: dict[Hashable, GraphedStep] = {}  # one per networks and draw structure (one for TGDD)
+        images = state.images  # the run's images and optimiser: the loop steps this one state
 
-        def clamp(state: MatchingState) -> None:
+        def clamp() -> None:
             if not space.normalised:
                 with torch.no_grad():
-                    state.images.images.clamp_(0, 1)
+                    images.images.clamp_(0, 1)
 
         def compute(phases: list[Phase], draws: list[ClassDraws]) -> torch.Tensor:
             """The batched iteration after its draws: its summed terms in the card's order. Draws nothing."""
-            clamp(state)
-            passes = [run_batched_phase(state.images, p, s.image_update, d) for p, d in zip(phases, draws, strict=True)]
+            clamp()
+            passes = [run_batched_phase(images, p, s.image_update, d) for p, d in zip(phases, draws, strict=True)]
             return term_totals(functools.reduce(add_terms, passes), terms, device)
 
         def step(state: MatchingState) -> Measured:
@@ -232,10 +233,8 @@ class MatchingMethod(ImageMethod):
             shared = Iteration(ctx, state.real, augment, space, extractor, expert)
             phases = self.phases(shared, nets)
             if not batched:
-                clamp(state)
-                totals = functools.reduce(
-                    add_terms, [run_phase(state.images, p, s.image_update, False) for p in phases]
-                )
+                clamp()
+                totals = functools.reduce(add_terms, [run_phase(images, p, s.image_update, False) for p in phases])
                 return term_means(totals, terms, train.num_classes, device)
             draws = [phase.draw() for phase in phases]
             if backend is None:
@@ -247,7 +246,7 @@ class MatchingMethod(ImageMethod):
                     rest = iter(tensors)
                     return compute(phases, [d.with_tensors(rest) for d in draws])
 
-                graphed[key] = GraphedStep(replayable, state.images.optimizer, backend, f"distill {s.method}")
+                graphed[key] = GraphedStep(replayable, images.optimizer, backend, f"distill {s.method}")
             totals = graphed[key](*(t for d in draws for t in d.tensors()))
             ctx.execution["cuda_graph_replays"] = backend.replays
             return measured_means(totals, terms, train.num_classes)

@@ -215,6 +215,7 @@ def train_stacked(
     resumables: Sequence[Resumable] | None = None,
     graphs: GraphBackend | None = None,
     grouped: bool = True,
+    compile: bool = False,
 ) -> list[nn.Module]:
     """Train ``models`` (K >= 2 networks of one architecture, :func:`can_stack`) as one stacked
     training on ``images`` (floats in [0,1]); network ``k`` uses ``gens[k]`` and ``rngs[k]`` as its
@@ -227,7 +228,8 @@ def train_stacked(
     one's checkpoint and the other way round. With ``graphs`` (:func:`tgdd.graphs.graph_backend`),
     the fixed-shape step is replayed from CUDA graphs (:class:`tgdd.graphs.GraphedStep`): the same
     kernels on the same values. ``grouped=False`` runs the vmap forward even where the architecture
-    has a grouped twin (to compare the two: ``benchmarks/stacked_eval.py``)."""
+    has a grouped twin, ``compile=True`` compiles the forward with ``torch.compile`` (to compare them:
+    ``benchmarks/stacked_eval.py``; on the CPU compiling takes longer than the main job's trainings)."""
     if not (len(models) == len(gens) == len(rngs)) or len(models) < 2:
         raise ValueError(f"train_stacked needs K >= 2 models with one generator and rng each, got {len(models)}")
     if resumables is not None and len(resumables) != len(models):
@@ -247,6 +249,8 @@ def train_stacked(
     params, buffers = stack_module_state(list(models))
     template = copy.deepcopy(models[0]).to("meta")
     forward = (grouped and grouped_forward(template, len(models))) or stacked_forward(template)
+    if compile:
+        forward = torch.compile(forward)
     optimizer, scheduler = sgd_schedule(list(params.values()), settings)
     if blobs is not None:
         optimizer.load_state_dict(stacked_optimizer_state([blob["optimizer"] for blob in blobs]))

@@ -162,3 +162,13 @@ def test_batched_classes_is_how_a_set_is_made_not_what_it_is(done):
     meta = load_synthetic_meta(paths.synthetic_file(cell(done, "tgdd")))
     assert meta["settings"]["batched_classes"] == "auto" and meta["execution"] == {"batched_classes": False}
     assert planned(done, "distill.batched_classes=true") == {("report", ""): "always"}
+
+
+def test_cuda_graphs_are_how_a_set_is_made_not_what_it_is(done):
+    """distill.cuda_graphs: a replayed iteration runs the same kernels on the same values
+    (tests/test_graphs_distill.py); recorded in the settings, never a reason to redistill."""
+    from tgdd.synthetic import load_synthetic_meta
+
+    assert load_synthetic_meta(paths.synthetic_file(cell(done, "tgdd")))["settings"]["cuda_graphs"] == "auto"
+    assert planned(done, "distill.cuda_graphs=never") == {("report", ""): "always"}
+    assert planned(done, "distill.compile=true") != {("report", ""): "always"}  # compiled kernels: another result

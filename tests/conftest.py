@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,17 @@ TINY = {
 def tiny_config(tmp_path: Path, *overrides: str) -> Config:
     tree = {**TINY, "paths": {"data": str(tmp_path / "data"), "results": str(tmp_path / "results")}}
     return build_config(tree, list(overrides))
+
+
+def with_trained_experts(prepared_root: Path, tmp_path_factory, name: str, *overrides: str) -> Path:
+    """A fresh root named ``name`` with a copy of the prepared digits and the experts that
+    ``tiny_config(root, *overrides)`` trains (for module-scoped fixtures of distillation tests)."""
+    from tgdd import steps
+
+    root = tmp_path_factory.mktemp(name)
+    shutil.copytree(prepared_root / "data", root / "data")
+    steps.experts(tiny_config(root, *overrides))
+    return root
 
 
 @pytest.fixture(autouse=True)

@@ -16,15 +16,13 @@ from tgdd.cli import main
 from tgdd.errors import TgddError
 from tgdd.synthetic import load_synthetic
 
-from .conftest import tiny_config
+from .conftest import tiny_config, with_trained_experts
 
 
 @pytest.fixture(scope="module")
 def ready(tmp_path_factory, prepared_root) -> Path:
     """Prepared digits, trajectories and one TGDD synthetic set (IPC 1)."""
-    root = tmp_path_factory.mktemp("bad")
-    shutil.copytree(prepared_root / "data", root / "data")
-    steps.experts(tiny_config(root))
+    root = with_trained_experts(prepared_root, tmp_path_factory, "bad")
     steps.distill(tiny_config(root, "distill.ipc=1"))
     return root
 

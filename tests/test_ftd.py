@@ -28,7 +28,7 @@ from tgdd.stacked import train_stacked
 from tgdd.synthetic import load_synthetic
 from tgdd.train import train_classifier
 
-from .conftest import tiny_config
+from .conftest import tiny_config, with_trained_experts
 from .test_mtt import _Checkpoints, _ctx, _Stop
 
 # --- GSAM against the update written out --------------------------------------------------------------------
@@ -281,10 +281,7 @@ E2E = (
 
 @pytest.fixture(scope="module")
 def ftd_root(prepared_root: Path, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ftd")
-    shutil.copytree(prepared_root / "data", root / "data")
-    steps.experts(tiny_config(root, *E2E))
-    return root
+    return with_trained_experts(prepared_root, tmp_path_factory, "ftd", *E2E)
 
 
 def test_end_to_end_trains_gsam_experts_and_distills_the_average(ftd_root: Path):

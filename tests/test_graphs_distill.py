@@ -27,7 +27,7 @@ from tgdd.augment import DiffAugment, GroupDraws, StackedDraws
 from tgdd.graphs import WARMUP_STEPS
 from tgdd.synthetic import load_synthetic
 
-from .conftest import tiny_config
+from .conftest import tiny_config, with_trained_experts
 from .test_graphs import _baked
 
 ITERATIONS = 9
@@ -105,10 +105,7 @@ def capture(monkeypatch):
 @pytest.fixture(scope="module")
 def graphs_root(prepared_root: Path, tmp_path_factory) -> Path:
     """Prepared digits and the experts TGDD and DANCE read, trained once for this module."""
-    root = tmp_path_factory.mktemp("graphs_distill")
-    shutil.copytree(prepared_root / "data", root / "data")
-    steps.experts(tiny_config(root))
-    return root
+    return with_trained_experts(prepared_root, tmp_path_factory, "graphs_distill")
 
 
 def _distill(root: Path, *overrides: str):

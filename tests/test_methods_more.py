@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,7 +23,7 @@ from tgdd.resolve import DistillSettings
 from tgdd.runtime import seeded_init
 from tgdd.synthetic import load_synthetic
 
-from .conftest import tiny_config
+from .conftest import tiny_config, with_trained_experts
 
 # --- herding ----------------------------------------------------------------------------
 
@@ -172,10 +171,7 @@ def test_dance_defaults():
 
 @pytest.fixture(scope="module")
 def with_experts(prepared_root: Path, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("more_methods")
-    shutil.copytree(prepared_root / "data", root / "data")
-    steps.experts(tiny_config(root))
-    return root
+    return with_trained_experts(prepared_root, tmp_path_factory, "more_methods")
 
 
 @pytest.mark.parametrize("method", ["dance", "herding"])

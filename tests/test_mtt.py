@@ -41,7 +41,7 @@ from tgdd.resolve import checks_config, resolve_settings
 from tgdd.runtime import seeded_init
 from tgdd.synthetic import load_synthetic
 
-from .conftest import tiny_config
+from .conftest import tiny_config, with_trained_experts
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -474,10 +474,7 @@ E2E = (
 
 @pytest.fixture(scope="module")
 def mtt_root(prepared_root: Path, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("mtt")
-    shutil.copytree(prepared_root / "data", root / "data")
-    steps.experts(tiny_config(root, *E2E))
-    return root
+    return with_trained_experts(prepared_root, tmp_path_factory, "mtt", *E2E)
 
 
 def test_end_to_end_trains_mtt_experts_distills_and_records_the_learned_lr(mtt_root: Path):

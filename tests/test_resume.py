@@ -16,17 +16,14 @@ import yaml
 from tgdd import paths, steps
 from tgdd.synthetic import load_synthetic
 
-from .conftest import TINY, tiny_config
+from .conftest import TINY, tiny_config, with_trained_experts
 
 OVERRIDES = ["distill.method=tgdd", "distill.ipc=1", "distill.iterations=60", "distill.checkpoint_every=3"]
 
 
 @pytest.fixture(scope="module")
 def with_experts(tmp_path_factory, prepared_root) -> Path:
-    root = tmp_path_factory.mktemp("resume")
-    shutil.copytree(prepared_root / "data", root / "data")
-    steps.experts(tiny_config(root))
-    return root
+    return with_trained_experts(prepared_root, tmp_path_factory, "resume")
 
 
 def _clone(src: Path, dst: Path) -> Path:

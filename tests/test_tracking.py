@@ -27,7 +27,7 @@ from tgdd.config import config_dict, flatten
 from tgdd.errors import TgddError
 from tgdd.synthetic import SyntheticSet, load_synthetic, save_grid, save_synthetic
 
-from .conftest import tiny_config
+from .conftest import tiny_config, with_trained_experts
 
 EXPERIMENT = "tgdd-tiny"
 METHODS = ("tgdd", "random")
@@ -131,9 +131,7 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pipeline_root(server, prepared_root, tmp_path_factory) -> Path:
     """experts -> distill -> evaluate (tgdd and random, IPC 1) -> report on the tiny config."""
-    root = tmp_path_factory.mktemp("tracking-pipeline")
-    shutil.copytree(prepared_root / "data", root / "data")
-    steps.experts(tiny_config(root))
+    root = with_trained_experts(prepared_root, tmp_path_factory, "tracking-pipeline")
     for method in METHODS:
         cfg = tiny_config(root, f"distill.method={method}", "distill.ipc=1")
         steps.distill(cfg)

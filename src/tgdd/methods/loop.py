@@ -378,7 +378,7 @@ def term_means(totals: Terms, terms: tuple[str, ...], num_classes: int, device: 
 def term_totals(totals: Terms, terms: tuple[str, ...], device: torch.device) -> torch.Tensor:
     """The summed terms as one tensor in the card's order (0 for a term the pass did not report)."""
     zero = torch.zeros((), device=device)
-    return torch.stack([torch.as_tensor(totals.get(t, zero), device=device) for t in terms])
+    return torch.stack([totals.get(t, zero) for t in terms])
 
 
 def measured_means(totals: torch.Tensor, terms: tuple[str, ...], num_classes: int) -> Measured:
